@@ -1,0 +1,76 @@
+"""Configuration: one `Settings` object read from `RECONCILE_*` variables (and `.env`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+APPLE_ROOT_CA_G3 = Path(__file__).parent / "certs" / "AppleRootCA-G3.der"
+
+
+def _split(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Everything the service reads from its environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RECONCILE_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    database_url: str = "sqlite:///./reconcile.db"
+    admin_token: SecretStr | None = None
+
+    apple_bundle_id: str | None = None
+    apple_app_apple_id: int | None = None
+    apple_environments: Annotated[list[str], NoDecode] = ["production", "sandbox"]
+    apple_root_certs: Annotated[list[Path], NoDecode] = [APPLE_ROOT_CA_G3]
+    apple_online_checks: bool = True
+    apple_key_id: str | None = None
+    apple_issuer_id: str | None = None
+    apple_private_key_path: Path | None = None
+    apple_api_base_url: str | None = None
+
+    google_package_name: str | None = None
+    google_service_account_file: Path | None = None
+    google_api_endpoint: str | None = None
+    google_push_audience: str | None = None
+    google_push_service_account: str | None = None
+    google_oidc_certs_url: str = "https://www.googleapis.com/oauth2/v1/certs"
+    # Play Developer API calls per minute; Google's default quota is 3000 per bucket.
+    google_calls_per_minute: int = Field(default=1200, gt=0)
+    # Consumables (usage credits) are consumed rather than acknowledged.
+    google_consumable_products: Annotated[list[str], NoDecode] = []
+    google_ack_watchdog_hours: float = Field(default=24.0, gt=0)
+
+    apple_calls_per_second: float = Field(default=50.0, gt=0)
+
+    # Background worker.
+    worker_poll_seconds: float = Field(default=0.2, gt=0)
+    worker_batch_size: int = Field(default=50, gt=0)
+    worker_max_attempts: int = Field(default=12, gt=0)
+    worker_lease_seconds: float = Field(default=60.0, gt=0)
+    reconcile_interval_minutes: float = Field(default=0, ge=0)  # 0 = no scheduled runs
+    reconcile_concurrency: int = Field(default=8, gt=0)
+
+    @field_validator(
+        "apple_environments", "apple_root_certs", "google_consumable_products", mode="before"
+    )
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        return _split(value)
+
+    @field_validator("apple_environments")
+    @classmethod
+    def _known_environments(cls, value: list[str]) -> list[str]:
+        lowered = [v.lower() for v in value]
+        unknown = set(lowered) - {"production", "sandbox"}
+        if unknown:
+            raise ValueError(f"unknown Apple environment(s): {sorted(unknown)}")
+        return lowered
