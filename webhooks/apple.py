@@ -124,10 +124,16 @@ class AppleVerifier:
         raise AppleRejected(status)
 
     def transaction(self, environment: str, signed: str) -> JWSTransactionDecodedPayload:
-        return self._call(environment, "verify_and_decode_signed_transaction", signed)
+        decoded: JWSTransactionDecodedPayload = self._call(
+            environment, "verify_and_decode_signed_transaction", signed
+        )
+        return decoded
 
     def renewal_info(self, environment: str, signed: str) -> JWSRenewalInfoDecodedPayload:
-        return self._call(environment, "verify_and_decode_renewal_info", signed)
+        decoded: JWSRenewalInfoDecodedPayload = self._call(
+            environment, "verify_and_decode_renewal_info", signed
+        )
+        return decoded
 
     def _call(self, environment: str, method: str, signed: str) -> Any:
         verifier = self._verifiers.get(environment)

@@ -79,7 +79,9 @@ class AppleTestCA:
     leaf_key: ec.EllipticCurvePrivateKey
 
     @classmethod
-    def create(cls, name: str = "Test Apple", *, valid_from: dt.datetime | None = None) -> AppleTestCA:
+    def create(
+        cls, name: str = "Test Apple", *, valid_from: dt.datetime | None = None
+    ) -> AppleTestCA:
         start = valid_from or dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
         end = start + dt.timedelta(days=365 * 30)
         root_key = ec.generate_private_key(ec.SECP256R1())

@@ -1,13 +1,12 @@
 """initial schema
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-26
 """
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0001'
 down_revision = None
@@ -16,7 +15,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-   
+
     op.create_table('accounts',
     sa.Column('account_id', sa.String(length=128), nullable=False),
     sa.Column('blocked_at', sa.DateTime(timezone=True), nullable=True),
@@ -225,11 +224,11 @@ def upgrade() -> None:
     with op.batch_alter_table('subscription_events', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_subscription_events_subscription_id'), ['subscription_id'], unique=False)
 
-   
+
 
 
 def downgrade() -> None:
-   
+
     with op.batch_alter_table('subscription_events', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_subscription_events_subscription_id'))
 
@@ -269,4 +268,4 @@ def downgrade() -> None:
     op.drop_table('cursors')
     op.drop_table('acknowledgements')
     op.drop_table('accounts')
-   
+

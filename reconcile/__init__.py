@@ -1,0 +1,1 @@
+"""Store-receipt reconciliation: one subscription state from every sales channel."""

@@ -1,0 +1,1 @@
+"""The admin API under /v1 and the health endpoints."""

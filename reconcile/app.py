@@ -1,0 +1,48 @@
+"""The FastAPI application: webhooks, admin API, health; the worker runs beside it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from reconcile.api import accounts, health, refunds, subscriptions
+from reconcile.api.deps import require_admin
+from reconcile.errors import DomainError
+from reconcile.services import Services
+from webhooks import routes as webhook_routes
+
+
+def create_app(services: Services, *, run_worker: bool = True) -> FastAPI:
+    """An app over `services`; with `run_worker` the background worker lives with it."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        worker = services.worker() if run_worker else None
+        if worker is not None:
+            worker.start()
+        try:
+            yield
+        finally:
+            if worker is not None:
+                worker.stop()
+
+    app = FastAPI(title="Store reconciliation", version="0.1.0", lifespan=lifespan)
+    app.state.services = services
+    admin = [Depends(require_admin)]
+    app.include_router(health.router)
+    app.include_router(webhook_routes.router)
+    app.include_router(subscriptions.router, dependencies=admin)
+    app.include_router(accounts.router, dependencies=admin)
+    app.include_router(refunds.router, dependencies=admin)
+
+    @app.exception_handler(DomainError)
+    async def domain_error(_request: Request, error: DomainError) -> JSONResponse:
+        return JSONResponse(
+            {"error": error.code, "message": error.message, **error.identifiers},
+            status_code=error.status_code,
+        )
+
+    return app

@@ -1,0 +1,1 @@
+"""One adapter per sales channel; each can `normalise` store data, `fetch` truth and `cancel`."""

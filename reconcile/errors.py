@@ -1,0 +1,33 @@
+"""Domain errors carry what identifies them; `reconcile.app` maps them to HTTP in one place."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, **identifiers: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.identifiers = identifiers
+
+
+class NotFound(DomainError):
+    status_code = 404
+    code = "not_found"
+
+
+class UnknownSubscription(NotFound):
+    def __init__(self, subscription_id: str) -> None:
+        super().__init__(f"no subscription {subscription_id}", subscription_id=subscription_id)
+
+
+class UnknownAccount(NotFound):
+    def __init__(self, account_id: str) -> None:
+        super().__init__(f"no account {account_id}", account_id=account_id)
+
+
+class Conflict(DomainError):
+    status_code = 409
+    code = "conflict"

@@ -1,0 +1,98 @@
+"""Prometheus metrics. Queue depths and totals are read from the database at scrape time, so
+every process behind a load balancer reports the same truth; edge counters are per process."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from reconcile.models import Acknowledgement, InboxEntry, Refund
+
+
+class Metrics:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        clock: Callable[[], datetime],
+        unacknowledged_age_hours: float = 24.0,
+    ) -> None:
+        self.registry = CollectorRegistry()
+        self.received = Counter(
+            "reconcile_notifications_received", "Notifications accepted at the webhook.",
+            ["channel", "type"], registry=self.registry,
+        )
+        self.rejected = Counter(
+            "reconcile_notifications_rejected", "Notifications refused at the webhook.",
+            ["channel", "reason"], registry=self.registry,
+        )
+        self.registry.register(_DatabaseCollector(sessions, clock, unacknowledged_age_hours))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _DatabaseCollector(Collector):
+    def __init__(
+        self, sessions: sessionmaker[Session], clock: Callable[[], datetime], ack_hours: float
+    ) -> None:
+        self.sessions = sessions
+        self.clock = clock
+        self.ack_hours = ack_hours
+
+    def collect(self) -> Iterator[Metric]:
+        now = self.clock()
+        by_status = GaugeMetricFamily(
+            "reconcile_notifications", "Recorded notifications by channel, type and status "
+            "(processed, failed, pending, rejected).", labels=["channel", "type", "status"],
+        )
+        lag = GaugeMetricFamily(
+            "reconcile_processing_lag_seconds",
+            "Age of the oldest notification not yet processed.", labels=["channel"],
+        )
+        refunds = GaugeMetricFamily(
+            "reconcile_store_refunds", "Refunds the stores made (not reversed).",
+            labels=["channel"],
+        )
+        unacked = GaugeMetricFamily(
+            "reconcile_google_unacknowledged",
+            "Google purchases still unacknowledged past the watchdog age.",
+        )
+        with self.sessions() as session:
+            rows = session.execute(
+                select(InboxEntry.channel, InboxEntry.kind, InboxEntry.status, func.count())
+                .group_by(InboxEntry.channel, InboxEntry.kind, InboxEntry.status)
+            )
+            for channel, kind, status, count in rows:
+                by_status.add_metric([channel, kind.split("/")[0], status], count)
+            for channel, oldest in session.execute(
+                select(InboxEntry.channel, func.min(InboxEntry.received_at))
+                .where(InboxEntry.status == "pending").group_by(InboxEntry.channel)
+            ):
+                if oldest is not None:
+                    lag.add_metric([channel], _seconds(now, oldest))
+            for channel, count in session.execute(
+                select(Refund.channel, func.count()).where(Refund.reversed_at.is_(None))
+                .group_by(Refund.channel)
+            ):
+                refunds.add_metric([channel], count)
+            cutoff = now - timedelta(hours=self.ack_hours)
+            stale = session.scalar(
+                select(func.count()).select_from(Acknowledgement).where(
+                    Acknowledgement.acknowledged_at.is_(None),
+                    Acknowledgement.first_seen_at < cutoff,
+                )
+            )
+            unacked.add_metric([], stale or 0)
+        yield from (by_status, lag, refunds, unacked)
+
+
+def _seconds(now: datetime, then: datetime) -> float:
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=UTC)
+    return max(0.0, (now - then).total_seconds())

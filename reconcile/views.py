@@ -1,0 +1,158 @@
+"""Read side: the contract's Subscription resource and the queries behind the admin API."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from reconcile.models import Account, OutboxEntry, Purchase, StoreId, Subscription
+from reconcile.state import Status, entitled
+
+CANCELLATION_STATES = {"pending": "requested"}
+
+
+def iso(value: datetime | None) -> str | None:
+    return None if value is None else value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def encode_cursor(value: str) -> str:
+    return base64.urlsafe_b64encode(value.encode()).decode()
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(cursor.encode()).decode()
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError("malformed cursor") from error
+
+
+def is_blocked(session: Session, account_id: str | None) -> bool:
+    if account_id is None:
+        return False
+    account = session.get(Account, account_id)
+    return account is not None and account.blocked_at is not None
+
+
+def present(session: Session, rows: Sequence[Subscription], now: datetime) -> list[dict[str, Any]]:
+    """The contract's Subscription JSON for each row, with store ids and cancellation."""
+    ids = [row.id for row in rows]
+    store_ids: dict[str, list[str]] = {i: [] for i in ids}
+    for sub_id, store_id in session.execute(
+        select(StoreId.subscription_id, StoreId.store_id)
+        .where(StoreId.subscription_id.in_(ids))
+        .order_by(StoreId.created_at, StoreId.store_id)
+    ):
+        store_ids[sub_id].append(store_id)
+    cancellations: dict[str, OutboxEntry] = {}
+    for entry in session.scalars(
+        select(OutboxEntry)
+        .where(OutboxEntry.subscription_id.in_(ids), OutboxEntry.kind == "cancel")
+        .order_by(OutboxEntry.id)
+    ):
+        cancellations[entry.subscription_id or ""] = entry
+    accounts = {row.account_id for row in rows if row.account_id}
+    blocked = set(
+        session.scalars(
+            select(Account.account_id).where(
+                Account.account_id.in_(accounts), Account.blocked_at.is_not(None)
+            )
+        )
+    )
+    return [
+        subscription_json(row, store_ids[row.id], cancellations.get(row.id),
+                          row.account_id in blocked, now)
+        for row in rows
+    ]
+
+
+def subscription_json(
+    row: Subscription,
+    store_ids: list[str],
+    cancellation: OutboxEntry | None,
+    blocked: bool,
+    now: datetime,
+) -> dict[str, Any]:
+    status = Status(row.status)
+    return {
+        "id": row.id,
+        "channel": row.channel,
+        "environment": row.environment,
+        "store_id": row.store_id,
+        "store_ids": store_ids or [row.store_id],
+        "account_id": row.account_id,
+        "product_id": row.product_id,
+        "renewal_product_id": row.renewal_product_id or row.product_id,
+        "status": status.value,
+        "entitled": entitled(status, row.expires_at, row.grace_expires_at, now, blocked),
+        "auto_renew": row.auto_renew,
+        "expires_at": iso(row.expires_at),
+        "grace_expires_at": iso(row.grace_expires_at),
+        "cancellation": cancellation_json(cancellation),
+        "last_event_at": iso(row.last_event_at),
+        "updated_at": iso(row.updated_at),
+    }
+
+
+def cancellation_json(entry: OutboxEntry | None) -> dict[str, Any] | None:
+    if entry is None:
+        return None
+    return {
+        "reason": entry.reason,
+        "state": CANCELLATION_STATES.get(entry.state, entry.state),
+        "requested_at": iso(entry.created_at),
+        "manage_url": (entry.payload or {}).get("manage_url"),
+    }
+
+
+def list_subscriptions(
+    session: Session,
+    *,
+    channel: str | None = None,
+    store_id: str | None = None,
+    account_id: str | None = None,
+    status: str | None = None,
+    environment: str | None = None,
+    after: str | None = None,
+    limit: int = 100,
+) -> list[Subscription]:
+    query = select(Subscription).order_by(Subscription.id).limit(limit)
+    if channel:
+        query = query.where(Subscription.channel == channel)
+    if store_id:
+        query = query.where(
+            Subscription.id.in_(select(StoreId.subscription_id).where(StoreId.store_id == store_id))
+        )
+    if account_id:
+        query = query.where(Subscription.account_id == account_id)
+    if status:
+        query = query.where(Subscription.status == status)
+    if environment:
+        query = query.where(Subscription.environment == environment)
+    if after:
+        query = query.where(Subscription.id > after)
+    return list(session.scalars(query))
+
+
+def purchase_json(row: Purchase, blocked: bool) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "channel": row.channel,
+        "environment": row.environment,
+        "store_id": row.store_id,
+        "account_id": row.account_id,
+        "product_id": row.product_id,
+        "kind": row.kind,
+        "quantity": row.quantity,
+        "amount": row.amount,
+        "currency": row.currency,
+        "state": row.state,
+        "entitled": row.state == "purchased" and not blocked,
+        "consumed": row.consumed,
+        "purchased_at": iso(row.purchased_at),
+        "revoked_at": iso(row.revoked_at),
+    }

@@ -1,0 +1,214 @@
+"""The background worker: drains the inbox (and every other durable queue) with retries.
+
+Work is claimed with a lease (plus `FOR UPDATE SKIP LOCKED` where the database has it), so
+several workers can share one database and a worker that dies releases its work when its lease
+runs out. Each item is applied and marked done in one transaction: exactly-once in effect.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from reconcile.db import transaction
+from reconcile.events import Normalised
+from reconcile.ids import new_id
+from reconcile.ingest import ingest
+from reconcile.models import InboxEntry
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class PermanentError(Exception):
+    """Processing can never succeed (bad payload, store says gone): record it, stop retrying."""
+
+
+class Processor(Protocol):
+    """Turns claimed inbox entries of one channel into outcomes; may call the store, not the db.
+
+    Returns one result per entry, in order: a `Normalised`, or the exception that stopped it.
+    """
+
+    channel: str
+
+    def normalise(
+        self, entries: Sequence[InboxEntry], now: datetime
+    ) -> Sequence[Normalised | Exception]: ...
+
+
+class Job(Protocol):
+    """A unit of background work; `run_once` does one bounded batch, returns items handled."""
+
+    name: str
+
+    def run_once(self, now: datetime) -> int: ...
+
+
+def backoff(attempts: int) -> timedelta:
+    """Exponential with jitter, 2 s doubling up to one hour."""
+    base = min(3600.0, 2.0 * 2 ** max(attempts - 1, 0))
+    return timedelta(seconds=base * random.uniform(0.8, 1.2))
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()[:32]}:{new_id('w')[-8:]}"
+
+
+@dataclass
+class InboxJob:
+    """Claims due inbox entries, hands them to the channel's processor, applies the outcomes."""
+
+    sessions: sessionmaker[Session]
+    processors: dict[str, Processor]
+    owner: str
+    batch_size: int = 50
+    lease: timedelta = timedelta(seconds=60)
+    max_attempts: int = 12
+    name: str = "inbox"
+
+    def run_once(self, now: datetime) -> int:
+        entries = self._claim(now)
+        by_channel: dict[str, list[InboxEntry]] = {}
+        for entry in entries:
+            by_channel.setdefault(entry.channel, []).append(entry)
+        for channel, group in by_channel.items():
+            processor = self.processors.get(channel)
+            if processor is None:
+                results: Sequence[Normalised | Exception] = [
+                    RuntimeError(f"no processor configured for {channel}")
+                ] * len(group)
+            else:
+                try:
+                    results = processor.normalise(group, now)
+                except Exception as error:  # a processor bug must not stop the other channels
+                    log.exception("processor %s failed", channel)
+                    results = [error] * len(group)
+            for entry, result in zip(group, results, strict=True):
+                self._finish(entry, result, now)
+        return len(entries)
+
+    def _claim(self, now: datetime) -> list[InboxEntry]:
+        with transaction(self.sessions) as session:
+            ids = list(
+                session.scalars(
+                    select(InboxEntry.id)
+                    .where(
+                        InboxEntry.status == "pending",
+                        InboxEntry.next_attempt_at <= now,
+                        or_(InboxEntry.lease_until.is_(None), InboxEntry.lease_until < now),
+                    )
+                    .order_by(InboxEntry.next_attempt_at, InboxEntry.id)
+                    .limit(self.batch_size)
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            if not ids:
+                return []
+            session.execute(
+                update(InboxEntry)
+                .where(InboxEntry.id.in_(ids))
+                .values(lease_owner=self.owner, lease_until=now + self.lease)
+            )
+            rows = list(
+                session.scalars(
+                    select(InboxEntry).where(InboxEntry.id.in_(ids)).order_by(InboxEntry.id)
+                )
+            )
+            session.expunge_all()
+            return rows
+
+    def _finish(self, entry: InboxEntry, result: Normalised | Exception, now: datetime) -> None:
+        try:
+            with transaction(self.sessions) as session:
+                row = session.get(InboxEntry, entry.id, with_for_update=True)
+                if row is None or row.lease_owner != self.owner or row.status != "pending":
+                    return  # our lease ran out and another worker took it
+                row.lease_owner = None
+                row.lease_until = None
+                row.attempts += 1
+                if isinstance(result, Exception):
+                    self._failed(row, result, now)
+                    return
+                ingest(session, result, source=entry.channel, now=now, inbox_id=entry.id)
+                row.status = "processed"
+                row.processed_at = now
+                row.error = None
+        except Exception as error:
+            log.exception("applying inbox entry %s failed", entry.id)
+            self._record_failure(entry.id, error, now)
+
+    def _failed(self, row: InboxEntry, error: Exception, now: datetime) -> None:
+        row.error = f"{type(error).__name__}: {error}"[:2000]
+        if isinstance(error, PermanentError) or row.attempts >= self.max_attempts:
+            row.status = "failed"
+            row.processed_at = now
+        else:
+            row.next_attempt_at = now + backoff(row.attempts)
+
+    def _record_failure(self, entry_id: int, error: Exception, now: datetime) -> None:
+        with transaction(self.sessions) as session:
+            row = session.get(InboxEntry, entry_id)
+            if row is not None and row.status == "pending":
+                row.attempts += 1
+                self._failed(row, error, now)
+                row.lease_owner = None
+                row.lease_until = None
+
+
+class Worker:
+    """Runs every job in turn until stopped; `drain` runs them until all are idle (tests, CLI)."""
+
+    def __init__(self, jobs: Sequence[Job], *, clock: Clock = utcnow, poll_seconds: float = 0.2):
+        self.jobs = list(jobs)
+        self.clock = clock
+        self.poll_seconds = poll_seconds
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_once(self) -> int:
+        handled = 0
+        for job in self.jobs:
+            try:
+                handled += job.run_once(self.clock())
+            except Exception:
+                log.exception("job %s failed", job.name)
+        return handled
+
+    def drain(self, max_rounds: int = 1000) -> int:
+        total = 0
+        for _ in range(max_rounds):
+            handled = self.run_once()
+            total += handled
+            if handled == 0:
+                break
+        return total
+
+    def run_forever(self) -> None:
+        while not self._stop.is_set():
+            if self.run_once() == 0:
+                self._stop.wait(self.poll_seconds)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run_forever, name="reconcile-worker",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)

@@ -1,0 +1,75 @@
+"""Shared fixtures: a test Apple CA, settings on a fresh database, the app over real HTTP."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconcile.config import Settings
+from reconcile.db import migrate
+from reconcile.services import build_services
+from tests.support.apple_ca import AppleTestCA
+from tests.support.apple_payloads import APP_APPLE_ID, BUNDLE_ID
+from tests.support.server import FakeClock, RunningApp, serve_in_thread
+
+ADMIN_TOKEN = "test-admin-token"
+
+
+@pytest.fixture(scope="session")
+def apple_ca() -> AppleTestCA:
+    return AppleTestCA.create()
+
+
+@pytest.fixture(scope="session")
+def apple_root_file(apple_ca: AppleTestCA, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("certs") / "test-root.der"
+    path.write_bytes(apple_ca.root_der)
+    return path
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    """A fresh, migrated database for one test (SQLite file unless told otherwise)."""
+    url = os.environ.get("RECONCILE_TEST_DATABASE_URL") or f"sqlite:///{tmp_path / 'test.db'}"
+    migrate(url)
+    return url
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def make_settings(database_url: str, apple_root_file: Path) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "database_url": database_url,
+            "admin_token": ADMIN_TOKEN,
+            "apple_bundle_id": BUNDLE_ID,
+            "apple_app_apple_id": APP_APPLE_ID,
+            "apple_root_certs": [apple_root_file],
+            "apple_online_checks": False,
+        }
+        values.update(overrides)
+        return Settings(_env_file=None, **values)
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+def app(settings: Settings, clock: FakeClock) -> Iterator[RunningApp]:
+    """The service on a fresh database, over real HTTP, with the worker driven by the test."""
+    services = build_services(settings, clock=clock)
+    with serve_in_thread(services, ADMIN_TOKEN) as running:
+        yield running
+    services.close()

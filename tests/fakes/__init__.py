@@ -1,0 +1,1 @@
+"""Local fakes of store APIs, served over real HTTP for the real client libraries."""

@@ -1,0 +1,1 @@
+"""The store-facing edge: verify, decode and durably record store notifications."""
