@@ -8,13 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from reconcile.config import Settings
 from reconcile.db import migrate
 from reconcile.services import build_services
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-
 from tests.fakes.appstore import FakeAppStore
 from tests.support.apple_ca import AppleTestCA
 from tests.support.apple_payloads import APP_APPLE_ID, BUNDLE_ID
@@ -82,7 +81,9 @@ def app(settings: Settings, clock: FakeClock) -> Iterator[RunningApp]:
 
 
 @pytest.fixture(scope="session")
-def apple_api_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[ec.EllipticCurvePrivateKey, Path]:
+def apple_api_key(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[ec.EllipticCurvePrivateKey, Path]:
     """The App Store Server API key (.p8) the service signs its API tokens with."""
     key = ec.generate_private_key(ec.SECP256R1())
     path = tmp_path_factory.mktemp("keys") / "AuthKey_TEST.p8"
