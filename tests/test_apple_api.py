@@ -34,7 +34,9 @@ def test_base_url_override_reaches_the_fake(
     fake_appstore.add_subscription(tx, renewal_payload(original_transaction_id="5001"))
     statuses = api(make_settings, apple_api_settings).subscription_statuses("sandbox", "5001")
     assert statuses.data is not None
-    assert statuses.data[0].lastTransactions[0].originalTransactionId == "5001"
+    last = statuses.data[0].lastTransactions
+    assert last is not None
+    assert last[0].originalTransactionId == "5001"
     assert [c.path for c in fake_appstore.calls] == ["/inApps/v1/subscriptions/5001"]
 
 
