@@ -5,22 +5,32 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from enum import StrEnum
 from types import FrameType
+from typing import Annotated
 
 import typer
 import uvicorn
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from reconcile.app import create_app
 from reconcile.config import Settings
-from reconcile.db import migrate
+from reconcile.db import migrate, transaction
+from reconcile.errors import StoreNotConfigured
+from reconcile.models import Discrepancy
+from reconcile.reconciliation.report import discrepancies_of, load_run, summary
+from reconcile.reconciliation.sources import Filters
 from reconcile.services import Services, build_services
+from reconcile.worker import Worker
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Store-receipt reconciliation service.")
 
 
-def _start() -> Services:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+def _start(level: int = logging.INFO) -> Services:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = Settings()
     migrate(settings.database_url)
     return build_services(settings)
@@ -49,6 +59,90 @@ def worker() -> None:
     running.start()
     stop.wait()
     running.stop()
+
+
+class ChannelName(StrEnum):
+    apple = "apple"
+    google = "google"
+    portal = "portal"
+
+
+DETAIL_ROWS = 50
+
+
+@cli.command()
+def run(
+    channel: Annotated[ChannelName | None, typer.Option(help="Only this channel.")] = None,
+    account_id: Annotated[str | None, typer.Option(help="Only this account.")] = None,
+    store_id: Annotated[str | None, typer.Option(help="Only this store identifier.")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Report drift, repair nothing.")] = False,
+) -> None:
+    """One reconciliation pass against the stores, here in this process; exits 1 if it failed."""
+    services = _start(logging.WARNING)
+    console = Console()
+    filters = Filters(channel.value if channel else None, account_id, store_id)
+    reconciler = services.reconciler
+    try:
+        with transaction(services.sessions) as session:
+            started = reconciler.start(session, filters, dry_run=dry_run, now=services.clock(),
+                                       claim=True)
+            run_id, total = started.id, int(started.checkpoint.get("total") or 0)
+    except StoreNotConfigured as error:
+        console.print(f"[red]{error.message}[/red]")
+        raise typer.Exit(2) from error
+    columns = (TextColumn("[bold]Reconciling"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("reconcile", total=total)
+        reconciler.advance(run_id, services.clock,
+                           progress=lambda checked, _total: bar.update(task, completed=checked))
+        bar.update(task, completed=total)
+    with services.sessions() as session:
+        finished = load_run(session, run_id)
+        kinds = summary(session, run_id)
+        details = discrepancies_of(session, run_id)[:DETAIL_ROWS]
+    if not dry_run and kinds.get("missing_here", (0, 0))[1]:
+        # Recovered notifications are in the inbox: apply them now, as the worker would.
+        Worker([job for job in services.jobs if job.name == "inbox"], clock=services.clock).drain()
+    _report(console, finished.id, finished.status, finished.checked, total, dry_run,
+            finished.checkpoint, finished.error, kinds, details)
+    services.close()
+    raise typer.Exit(0 if finished.status == "done" else 1)
+
+
+def _report(
+    console: Console, run_id: str, status: str, checked: int, total: int, dry_run: bool,
+    checkpoint: dict[str, object], error: str | None, kinds: dict[str, tuple[int, int]],
+    details: list[Discrepancy],
+) -> None:
+    colour = "green" if status == "done" else "red"
+    console.print(f"Run [bold]{run_id}[/bold]: [{colour}]{status}[/{colour}]"
+                  f"{' (dry run: nothing repaired)' if dry_run else ''}; "
+                  f"checked {checked} of {total} subscriptions, "
+                  f"{checkpoint.get('errors', 0)} store errors")
+    table = Table(title="Discrepancies")
+    table.add_column("kind")
+    table.add_column("found", justify="right")
+    table.add_column("repaired", justify="right")
+    for kind, (found, repaired) in kinds.items():
+        table.add_row(kind, str(found), str(repaired))
+    if not kinds:
+        table.add_row("none", "0", "0")
+    console.print(table)
+    if details:
+        detail = Table(title=f"First {len(details)} discrepancies")
+        for name in ("kind", "channel", "store_id", "here", "store", "repaired"):
+            detail.add_column(name)
+        for d in details:
+            detail.add_row(d.kind, d.channel, d.store_id, d.here or "-", d.store or "-",
+                           "yes" if d.repaired else "no")
+        console.print(detail)
+    failures = checkpoint.get("failures")
+    if isinstance(failures, list):
+        for failure in failures:
+            console.print(f"[yellow]store error:[/yellow] {failure}")
+    if error:
+        console.print(f"[red]run failed:[/red] {error}")
 
 
 def main() -> None:

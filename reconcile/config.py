@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     worker_lease_seconds: float = Field(default=60.0, gt=0)
     reconcile_interval_minutes: float = Field(default=0, ge=0)  # 0 = no scheduled runs
     reconcile_concurrency: int = Field(default=8, gt=0)
+    # Subscriptions per reconciliation page: the unit of checkpointing and of memory use.
+    reconcile_page_size: int = Field(default=200, gt=0)
+    # How far back the first run reads Apple's notification history (it keeps ~180 days).
+    reconcile_history_days: float = Field(default=30.0, gt=0, le=180)
 
     @field_validator(
         "apple_environments", "apple_root_certs", "google_consumable_products", mode="before"

@@ -31,3 +31,18 @@ class UnknownAccount(NotFound):
 class Conflict(DomainError):
     status_code = 409
     code = "conflict"
+
+
+class UnknownReconciliation(NotFound):
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"no reconciliation {run_id}", run_id=run_id)
+
+
+class StoreNotConfigured(Conflict):
+    """Reconciliation was asked of a channel whose store API has no credentials here."""
+
+    code = "store_not_configured"
+
+    def __init__(self, channel: str | None) -> None:
+        what = f"the {channel} store" if channel else "any store"
+        super().__init__(f"no API credentials configured for {what}", channel=channel)

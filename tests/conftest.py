@@ -116,3 +116,18 @@ def apple_api_settings(
         "apple_private_key_path": apple_api_key[1],
         "apple_api_base_url": fake_appstore.url,
     }
+
+
+def no_sleep(_seconds: float) -> None:
+    """Store clients back off through this in tests: retries happen at once."""
+
+
+@pytest.fixture
+def apple_app(
+    make_settings: Callable[..., Settings], apple_api_settings: dict[str, Any], clock: FakeClock
+) -> Iterator[RunningApp]:
+    """The service with the App Store API pointed at the fake (retries without sleeping)."""
+    services = build_services(make_settings(**apple_api_settings), clock=clock, sleep=no_sleep)
+    with serve_in_thread(services, ADMIN_TOKEN) as running:
+        yield running
+    services.close()

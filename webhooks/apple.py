@@ -103,6 +103,11 @@ class AppleVerifier:
             install(verifier, self.chain_cache)
             self._verifiers[name] = verifier
 
+    @property
+    def environments(self) -> list[str]:
+        """The environments whose payloads this verifier accepts."""
+        return list(self._verifiers)
+
     def verify(self, signed_payload: str) -> VerifiedNotification:
         """Verify signature, chain, bundle id, app id and environment of a signedPayload."""
         environment = _claimed_environment(signed_payload)

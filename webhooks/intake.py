@@ -32,7 +32,34 @@ def record(sessions: sessionmaker[Session], incoming: Incoming, now: datetime) -
 
     Commits before returning, so the caller may answer 2xx: the row survives a crash.
     """
-    entry = InboxEntry(
+    with sessions() as session:
+        if is_known(session, incoming):
+            return False
+        session.add(_entry(incoming, now))
+        try:
+            session.commit()
+        except IntegrityError:
+            # A concurrent delivery of the same notification won the insert.
+            session.rollback()
+            return False
+    return True
+
+
+def insert(session: Session, incoming: Incoming, now: datetime) -> bool:
+    """Like `record`, inside the caller's transaction (reconciliation feeding recovered
+    notifications in with its checkpoint); the caller commits. True when new."""
+    if is_known(session, incoming):
+        return False
+    try:
+        with session.begin_nested():
+            session.add(_entry(incoming, now))
+    except IntegrityError:
+        return False
+    return True
+
+
+def _entry(incoming: Incoming, now: datetime) -> InboxEntry:
+    return InboxEntry(
         channel=incoming.channel,
         notification_id=incoming.notification_id,
         kind=incoming.kind[:96],
@@ -47,20 +74,10 @@ def record(sessions: sessionmaker[Session], incoming: Incoming, now: datetime) -
         processed_at=now if incoming.status != "pending" else None,
         error=incoming.error,
     )
-    with sessions() as session:
-        if _known(session, incoming):
-            return False
-        session.add(entry)
-        try:
-            session.commit()
-        except IntegrityError:
-            # A concurrent delivery of the same notification won the insert.
-            session.rollback()
-            return False
-    return True
 
 
-def _known(session: Session, incoming: Incoming) -> bool:
+def is_known(session: Session, incoming: Incoming) -> bool:
+    """Whether this (channel, notification id) is already in the inbox."""
     return (
         session.scalars(
             select(InboxEntry.id).where(

@@ -68,7 +68,9 @@ class AppStoreApi:
         self._sleep = sleep
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> AppStoreApi | None:
+    def from_settings(
+        cls, settings: Settings, *, sleep: Callable[[float], None] = time.sleep
+    ) -> AppStoreApi | None:
         """The client the settings describe, or None when no API key is configured."""
         key_path = settings.apple_private_key_path
         if not (settings.apple_key_id and settings.apple_issuer_id and key_path
@@ -85,7 +87,7 @@ class AppStoreApi:
                 # Private in app-store-server-library 3.x; tests/test_apple_api.py pins it.
                 client._base_url = settings.apple_api_base_url.rstrip("/")
             clients[name] = client
-        return cls(clients, calls_per_second=settings.apple_calls_per_second)
+        return cls(clients, calls_per_second=settings.apple_calls_per_second, sleep=sleep)
 
     @property
     def environments(self) -> list[str]:

@@ -127,6 +127,10 @@ def normalise(message: AppleMessage) -> Normalised:
     refund = None
     if ntype in ("REFUND", "REFUND_REVERSED"):
         refund = _refund(message, tx, stamp, reversed_=ntype == "REFUND_REVERSED")
+    elif ntype == "STATUS" and tx.revocationDate and tx.rawInAppOwnershipType != "FAMILY_SHARED":
+        # A status read showing a refunded current transaction: the refund itself, in case its
+        # REFUND notification never arrived. (Family sharing ending also revokes; no refund.)
+        refund = _refund(message, tx, stamp, reversed_=False)
     return Normalised(kind=kind, subscription=observation, refund=refund)
 
 

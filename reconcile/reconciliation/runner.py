@@ -1,0 +1,413 @@
+"""Runs a reconciliation: sweeps first, then every subscription, urgent ones first, in pages.
+
+A run is a row with a checkpoint (phase, position, error count) and a lease. Whoever holds the
+lease advances it a page at a time; each page's findings, repairs, counters and checkpoint commit
+together, so a run killed anywhere resumes after its last page, by whichever worker claims it once
+the lease has run out. Subscriptions are read in keyset pages (memory stays flat however many
+there are) and their stores are asked on a bounded thread pool, one page ahead of the page being
+settled, so the store's rate limit, not the database, sets the pace.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, func, not_, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from reconcile.db import transaction
+from reconcile.errors import StoreNotConfigured
+from reconcile.ids import new_id
+from reconcile.models import Discrepancy, ReconciliationRun, StoreId, Subscription
+from reconcile.reconciliation.repair import settle
+from reconcile.reconciliation.sources import (
+    Fetched,
+    Filters,
+    Finding,
+    StoreFault,
+    Sweep,
+    Target,
+    TruthSource,
+)
+from reconcile.state import Status
+
+log = logging.getLogger(__name__)
+
+RUN_LEASE = timedelta(minutes=5)
+EXPIRING_SOON = timedelta(days=3)
+URGENT = (Status.GRACE_PERIOD.value, Status.BILLING_RETRY.value)
+SUBSCRIPTION_PHASES = ("urgent", "rest")
+FAILURE_SAMPLES = 20
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class RunView:
+    """A run as its current holder sees it between pages."""
+
+    id: str
+    dry_run: bool
+    filters: Filters
+    checkpoint: dict[str, Any]
+
+    @property
+    def phase(self) -> str | None:
+        phases: list[str] = self.checkpoint["phases"]
+        index: int = self.checkpoint["phase"]
+        return phases[index] if index < len(phases) else None
+
+    @property
+    def state(self) -> dict[str, Any]:
+        state: dict[str, Any] = self.checkpoint.get("state", {})
+        return state
+
+
+class Reconciler:
+    """Starts, claims and advances reconciliation runs over the configured truth sources."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        sources: Mapping[str, TruthSource],
+        *,
+        owner: str,
+        concurrency: int = 8,
+        page_size: int = 200,
+        lease: timedelta = RUN_LEASE,
+    ) -> None:
+        self.sessions = sessions
+        self.sources = sources
+        self.owner = owner
+        self.concurrency = concurrency
+        self.page_size = page_size
+        self.lease = lease
+
+    # Starting and claiming
+
+    def channels(self, filters: Filters) -> list[str]:
+        """The channels a run with `filters` compares; portal has no store, so nothing."""
+        if filters.channel == "portal":
+            return []
+        if filters.channel is not None:
+            if filters.channel not in self.sources:
+                raise StoreNotConfigured(filters.channel)
+            return [filters.channel]
+        if not self.sources:
+            raise StoreNotConfigured(None)
+        return sorted(self.sources)
+
+    def start(
+        self, session: Session, filters: Filters, *, dry_run: bool, now: datetime,
+        claim: bool = False,
+    ) -> ReconciliationRun:
+        """A new run (in the caller's transaction), claimable by any worker unless `claim`."""
+        channels = self.channels(filters)
+        sweeps = [s.name for c in channels for s in self.sources[c].sweeps()]
+        phases = [*sweeps, *SUBSCRIPTION_PHASES] if channels else []
+        total = session.scalar(
+            select(func.count()).select_from(Subscription).where(self._selected(channels, filters))
+        ) if channels else 0
+        run = ReconciliationRun(
+            id=new_id("rec"), status="running", dry_run=dry_run, filters=filters.to_json(),
+            checked=0, started_at=now,
+            checkpoint={"channels": channels, "phases": phases, "phase": 0, "state": {},
+                        "total": total or 0, "errors": 0, "failures": []},
+            lease_owner=self.owner if claim else None,
+            lease_until=now + self.lease if claim else None,
+        )
+        session.add(run)
+        session.flush()
+        return run
+
+    def claim(self, now: datetime, run_id: str | None = None) -> str | None:
+        """Take the lease of a running run nobody (else) holds; its id, or None."""
+        with transaction(self.sessions) as session:
+            query = (
+                select(ReconciliationRun.id)
+                .where(
+                    ReconciliationRun.status == "running",
+                    or_(ReconciliationRun.lease_owner.is_(None),
+                        ReconciliationRun.lease_owner == self.owner,
+                        ReconciliationRun.lease_until < now),
+                )
+                .order_by(ReconciliationRun.started_at, ReconciliationRun.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            )
+            if run_id is not None:
+                query = query.where(ReconciliationRun.id == run_id)
+            found = session.scalars(query).first()
+            if found is None:
+                return None
+            session.execute(
+                update(ReconciliationRun).where(ReconciliationRun.id == found)
+                .values(lease_owner=self.owner, lease_until=now + self.lease)
+            )
+            return found
+
+    # Advancing
+
+    def advance(
+        self,
+        run_id: str,
+        clock: Callable[[], datetime],
+        *,
+        max_pages: int | None = None,
+        progress: Progress | None = None,
+    ) -> int:
+        """Work on a claimed run until it ends or `max_pages` pages are done; items handled."""
+        handled = pages = 0
+        try:
+            with ThreadPoolExecutor(self.concurrency, thread_name_prefix="reconcile") as pool:
+                while max_pages is None or pages < max_pages:
+                    run = self._load(run_id)
+                    if run is None:
+                        break
+                    phase = run.phase
+                    if phase is None:
+                        self._finish(run_id, clock())
+                        break
+                    budget = None if max_pages is None else max_pages - pages
+                    if phase in SUBSCRIPTION_PHASES:
+                        done, used = self._subscriptions(pool, run, clock, budget, progress)
+                    else:
+                        done, used = self._sweep(run, self._sweeps()[phase], clock())
+                    handled += done
+                    pages += used
+        except Exception as error:
+            log.exception("reconciliation %s failed", run_id)
+            self._fail(run_id, f"{type(error).__name__}: {error}", clock())
+        return handled
+
+    def _subscriptions(
+        self,
+        pool: ThreadPoolExecutor,
+        run: RunView,
+        clock: Callable[[], datetime],
+        budget: int | None,
+        progress: Progress | None,
+    ) -> tuple[int, int]:
+        """Pages of one subscription phase, fetching the next page while settling this one."""
+        queued: deque[tuple[list[Subscription], list[Future[Fetched]]]] = deque()
+        last_read: str | None = run.state.get("after")
+        exhausted = False
+        handled = pages = 0
+        while True:
+            while not exhausted and len(queued) < 2 and (
+                budget is None or pages + len(queued) < budget
+            ):
+                rows = self._page(run, last_read)
+                if not rows:
+                    exhausted = True
+                    break
+                last_read = rows[-1].id
+                queued.append((rows, [pool.submit(self._fetch, row) for row in rows]))
+            if not queued:
+                if exhausted:
+                    self._checkpoint(run, clock(), next_phase=True)
+                return handled, pages
+            rows, futures = queued.popleft()
+            results = [future.result() for future in futures]
+            checked = self._settle(run, rows, results, clock())
+            if checked is None:  # lost the lease: someone else carries on
+                for _, waiting in queued:
+                    for future in waiting:
+                        future.cancel()
+                return handled, pages
+            handled += len(rows)
+            pages += 1
+            if progress is not None:
+                progress(checked, run.checkpoint.get("total", 0))
+
+    def _fetch(self, row: Subscription) -> Fetched:
+        target = Target(row.id, row.channel, row.store_id, row.environment)
+        try:
+            return self.sources[row.channel].fetch(target)
+        except Exception as error:  # a bug in one adapter is reported, not mistaken for drift
+            log.exception("fetching %s %s failed", row.channel, row.store_id)
+            return Fetched(target, error=f"{type(error).__name__}: {error}")
+
+    def _page(self, run: RunView, after: str | None) -> list[Subscription]:
+        channels: list[str] = run.checkpoint["channels"]
+        urgent = self._urgent(datetime.fromisoformat(run.checkpoint["as_of"]))
+        query = (
+            select(Subscription)
+            .where(self._selected(channels, run.filters),
+                   urgent if run.phase == "urgent" else not_(urgent))
+            .order_by(Subscription.id)
+            .limit(self.page_size)
+        )
+        if after is not None:
+            query = query.where(Subscription.id > after)
+        with self.sessions() as session:
+            rows = list(session.scalars(query))
+            session.expunge_all()
+        return rows
+
+    @staticmethod
+    def _urgent(as_of: datetime) -> ColumnElement[bool]:
+        """Grace period, billing retry, or an active period ending within EXPIRING_SOON."""
+        return or_(
+            Subscription.status.in_(URGENT),
+            and_(Subscription.status == Status.ACTIVE.value,
+                 Subscription.expires_at.is_not(None),
+                 Subscription.expires_at < as_of + EXPIRING_SOON),
+        )
+
+    @staticmethod
+    def _selected(channels: list[str], filters: Filters) -> ColumnElement[bool]:
+        conditions: list[ColumnElement[bool]] = [Subscription.channel.in_(channels)]
+        if filters.account_id:
+            conditions.append(Subscription.account_id == filters.account_id)
+        if filters.store_id:
+            conditions.append(Subscription.id.in_(
+                select(StoreId.subscription_id).where(StoreId.channel.in_(channels),
+                                                      StoreId.store_id == filters.store_id)
+            ))
+        return and_(*conditions)
+
+    def _settle(
+        self, run: RunView, rows: list[Subscription], results: list[Fetched], now: datetime
+    ) -> int | None:
+        """Findings, repairs and the checkpoint of one page, in one transaction."""
+        with transaction(self.sessions) as session:
+            record = self._held(session, run.id)
+            if record is None:
+                return None
+            errors: list[str] = []
+            checked = 0
+            for row, fetched in zip(rows, results, strict=True):
+                settled = settle(session, row, fetched, dry_run=run.dry_run, now=now)
+                checked += settled.checked
+                if settled.error:
+                    errors.append(settled.error)
+                for finding in settled.findings:
+                    session.add(_discrepancy(run.id, finding, settled.repaired))
+            record.checked += checked
+            self._move(record, {"after": rows[-1].id}, now, errors=errors)
+            return record.checked
+
+    def _sweep(self, run: RunView, sweep: Sweep, now: datetime) -> tuple[int, int]:
+        """One page of a sweep; a store fault ends the sweep (reported) without its mark."""
+        state = run.state
+        if "window" not in state:
+            with transaction(self.sessions) as session:
+                record = self._held(session, run.id)
+                if record is None:
+                    return 0, 0
+                window = sweep.window(session, run.filters, now)
+                if window is None:
+                    self._move(record, {}, now, next_phase=True)
+                else:
+                    self._move(record, {"window": window, "token": None, "errors": 0}, now)
+            return 0, 0
+        try:
+            page = sweep.fetch(state["window"], state.get("token"))
+        except StoreFault as error:
+            with transaction(self.sessions) as session:
+                record = self._held(session, run.id)
+                if record is not None:
+                    self._move(record, {}, now, errors=[f"{sweep.name}: {error}"],
+                               next_phase=True)
+            return 0, 1
+        with transaction(self.sessions) as session:
+            record = self._held(session, run.id)
+            if record is None:
+                return 0, 0
+            for item in page.items:
+                finding = sweep.settle(session, item, dry_run=run.dry_run, now=now)
+                if finding is not None:
+                    session.add(_discrepancy(run.id, finding, not run.dry_run))
+            errors = [f"{sweep.name}: {e}" for e in page.errors]
+            sweep_errors = state.get("errors", 0) + len(errors)
+            if page.token is None:
+                if not run.dry_run and sweep_errors == 0:
+                    sweep.complete(session, state["window"], now)
+                self._move(record, {}, now, errors=errors, next_phase=True)
+            else:
+                self._move(record, {**state, "token": page.token, "errors": sweep_errors}, now,
+                           errors=errors)
+        return len(page.items), 1
+
+    def _sweeps(self) -> dict[str, Sweep]:
+        return {s.name: s for source in self.sources.values() for s in source.sweeps()}
+
+    # Bookkeeping
+
+    def _load(self, run_id: str) -> RunView | None:
+        with self.sessions() as session:
+            record = session.get(ReconciliationRun, run_id)
+            if record is None or record.status != "running" or record.lease_owner != self.owner:
+                return None
+            checkpoint = dict(record.checkpoint)
+            checkpoint.setdefault("as_of", record.started_at.isoformat())
+            return RunView(record.id, record.dry_run, Filters.from_json(record.filters),
+                           checkpoint)
+
+    def _held(self, session: Session, run_id: str) -> ReconciliationRun | None:
+        record = session.get(ReconciliationRun, run_id, with_for_update=True)
+        if record is None or record.status != "running" or record.lease_owner != self.owner:
+            return None
+        return record
+
+    def _move(
+        self,
+        record: ReconciliationRun,
+        state: dict[str, Any],
+        now: datetime,
+        *,
+        errors: list[str] | None = None,
+        next_phase: bool = False,
+    ) -> None:
+        checkpoint = dict(record.checkpoint)
+        if errors:
+            checkpoint["errors"] = checkpoint.get("errors", 0) + len(errors)
+            checkpoint["failures"] = [*checkpoint.get("failures", []), *errors][:FAILURE_SAMPLES]
+        checkpoint["state"] = state
+        if next_phase:
+            checkpoint["phase"] = checkpoint["phase"] + 1
+        record.checkpoint = checkpoint
+        record.lease_until = now + self.lease
+
+    def _checkpoint(self, run: RunView, now: datetime, *, next_phase: bool) -> None:
+        with transaction(self.sessions) as session:
+            record = self._held(session, run.id)
+            if record is not None:
+                self._move(record, {}, now, next_phase=next_phase)
+
+    def _finish(self, run_id: str, now: datetime) -> None:
+        """Done when everything was checked; failed when any store fault was left over."""
+        with transaction(self.sessions) as session:
+            record = self._held(session, run_id)
+            if record is None:
+                return
+            record.status = "failed" if record.checkpoint.get("errors") else "done"
+            record.finished_at = now
+            record.lease_owner = None
+            record.lease_until = None
+
+    def _fail(self, run_id: str, error: str, now: datetime) -> None:
+        with transaction(self.sessions) as session:
+            record = self._held(session, run_id)
+            if record is None:
+                return
+            record.status = "failed"
+            record.error = error[:2000]
+            record.finished_at = now
+            record.lease_owner = None
+            record.lease_until = None
+
+
+def _discrepancy(run_id: str, finding: Finding, repaired: bool) -> Discrepancy:
+    return Discrepancy(
+        run_id=run_id, channel=finding.channel, store_id=finding.store_id,
+        subscription_id=finding.subscription_id, kind=finding.kind, here=finding.here,
+        store=finding.store, repaired=repaired,
+    )
