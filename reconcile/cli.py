@@ -19,7 +19,7 @@ from reconcile.app import create_app
 from reconcile.config import Settings
 from reconcile.db import migrate, transaction
 from reconcile.errors import StoreNotConfigured
-from reconcile.models import Discrepancy
+from reconcile.models import Discrepancy, ReconciliationRun
 from reconcile.reconciliation.report import discrepancies_of, load_run, summary
 from reconcile.reconciliation.sources import Filters
 from reconcile.services import Services, build_services
@@ -104,22 +104,25 @@ def run(
     if not dry_run and kinds.get("missing_here", (0, 0))[1]:
         # Recovered notifications are in the inbox: apply them now, as the worker would.
         Worker([job for job in services.jobs if job.name == "inbox"], clock=services.clock).drain()
-    _report(console, finished.id, finished.status, finished.checked, total, dry_run,
-            finished.checkpoint, finished.error, kinds, details)
+    _report(console, finished, total, kinds, details)
     services.close()
     raise typer.Exit(0 if finished.status == "done" else 1)
 
 
 def _report(
-    console: Console, run_id: str, status: str, checked: int, total: int, dry_run: bool,
-    checkpoint: dict[str, object], error: str | None, kinds: dict[str, tuple[int, int]],
+    console: Console, run: ReconciliationRun, total: int, kinds: dict[str, tuple[int, int]],
     details: list[Discrepancy],
 ) -> None:
-    colour = "green" if status == "done" else "red"
-    console.print(f"Run [bold]{run_id}[/bold]: [{colour}]{status}[/{colour}]"
-                  f"{' (dry run: nothing repaired)' if dry_run else ''}; "
-                  f"checked {checked} of {total} subscriptions, "
-                  f"{checkpoint.get('errors', 0)} store errors")
+    colour = "green" if run.status == "done" else "red"
+    overview = Table(title="Reconciliation", show_header=False)
+    overview.add_column("", style="bold")
+    overview.add_column("")
+    overview.add_row("run", run.id)
+    overview.add_row("status", f"[{colour}]{run.status}[/{colour}]")
+    overview.add_row("mode", "dry run: nothing repaired" if run.dry_run else "repair")
+    overview.add_row("checked", f"{run.checked} of {total}")
+    overview.add_row("store errors", str(run.checkpoint.get("errors", 0)))
+    console.print(overview)
     table = Table(title="Discrepancies")
     table.add_column("kind")
     table.add_column("found", justify="right")
@@ -131,18 +134,16 @@ def _report(
     console.print(table)
     if details:
         detail = Table(title=f"First {len(details)} discrepancies")
-        for name in ("kind", "channel", "store_id", "here", "store", "repaired"):
+        for name in ("kind", "store_id", "here", "store", "repaired"):
             detail.add_column(name)
         for d in details:
-            detail.add_row(d.kind, d.channel, d.store_id, d.here or "-", d.store or "-",
+            detail.add_row(d.kind, f"{d.channel} {d.store_id}", d.here or "-", d.store or "-",
                            "yes" if d.repaired else "no")
         console.print(detail)
-    failures = checkpoint.get("failures")
-    if isinstance(failures, list):
-        for failure in failures:
-            console.print(f"[yellow]store error:[/yellow] {failure}")
-    if error:
-        console.print(f"[red]run failed:[/red] {error}")
+    for failure in run.checkpoint.get("failures", []):
+        console.print(f"[yellow]store error:[/yellow] {failure}")
+    if run.error:
+        console.print(f"[red]run failed:[/red] {run.error}")
 
 
 def main() -> None:

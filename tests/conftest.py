@@ -126,8 +126,12 @@ def no_sleep(_seconds: float) -> None:
 def apple_app(
     make_settings: Callable[..., Settings], apple_api_settings: dict[str, Any], clock: FakeClock
 ) -> Iterator[RunningApp]:
-    """The service with the App Store API pointed at the fake (retries without sleeping)."""
-    services = build_services(make_settings(**apple_api_settings), clock=clock, sleep=no_sleep)
+    """The service with the App Store API pointed at the fake (retries without sleeping).
+
+    Sandbox only: the fake is one environment, and with both configured each history read
+    would be made twice against it."""
+    settings = make_settings(**apple_api_settings, apple_environments=["sandbox"])
+    services = build_services(settings, clock=clock, sleep=no_sleep)
     with serve_in_thread(services, ADMIN_TOKEN) as running:
         yield running
     services.close()

@@ -154,6 +154,8 @@ class AppleHistory:
             except (AppleRejected, AppleUnavailable) as error:
                 errors.append(f"history entry not accepted: {error}")
                 continue
+            if verified.environment != self.environment:
+                continue  # one base URL override serves both environments: not ours to read
             original = message.transaction.originalTransactionId if message.transaction else None
             items.append(HistoryItem(verified, original))
         return SweepPage(items, response.paginationToken if response.hasMore else None, errors)
