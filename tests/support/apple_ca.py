@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -95,6 +96,24 @@ class AppleTestCA:
         leaf = _cert(f"{name} Signing", leaf_key, inter_name, inter_key, ca=False,
                      marker=LEAF_MARKER, not_before=start, not_after=end)
         return cls(root=root, intermediate=inter, leaf=leaf, leaf_key=leaf_key)
+
+    def save(self, folder: Path) -> None:
+        """Write the chain and leaf key to `folder`; root.der is the trust root to configure."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, cert in (("root", self.root), ("intermediate", self.intermediate),
+                           ("leaf", self.leaf)):
+            (folder / f"{name}.der").write_bytes(cert.public_bytes(serialization.Encoding.DER))
+        (folder / "leaf-key.pem").write_bytes(self.leaf_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()))
+
+    @classmethod
+    def load(cls, folder: Path) -> AppleTestCA:
+        certs = [x509.load_der_x509_certificate((folder / f"{n}.der").read_bytes())
+                 for n in ("root", "intermediate", "leaf")]
+        key = serialization.load_pem_private_key((folder / "leaf-key.pem").read_bytes(), None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        return cls(root=certs[0], intermediate=certs[1], leaf=certs[2], leaf_key=key)
 
     @property
     def root_der(self) -> bytes:
