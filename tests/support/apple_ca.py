@@ -38,6 +38,7 @@ def _cert(
     marker: x509.ObjectIdentifier | None,
     not_before: dt.datetime,
     not_after: dt.datetime,
+    ocsp_url: str | None = None,
 ) -> x509.Certificate:
     builder = (
         x509.CertificateBuilder()
@@ -63,6 +64,14 @@ def _cert(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
             critical=False,
         )
+    if ocsp_url is not None:
+        builder = builder.add_extension(
+            x509.AuthorityInformationAccess([x509.AccessDescription(
+                x509.oid.AuthorityInformationAccessOID.OCSP,
+                x509.UniformResourceIdentifier(ocsp_url),
+            )]),
+            critical=False,
+        )
     if marker is not None:
         builder = builder.add_extension(
             x509.UnrecognizedExtension(marker, b"\x05\x00"), critical=False
@@ -81,7 +90,11 @@ class AppleTestCA:
 
     @classmethod
     def create(
-        cls, name: str = "Test Apple", *, valid_from: dt.datetime | None = None
+        cls,
+        name: str = "Test Apple",
+        *,
+        valid_from: dt.datetime | None = None,
+        ocsp_url: str | None = None,
     ) -> AppleTestCA:
         start = valid_from or dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
         end = start + dt.timedelta(days=365 * 30)
@@ -92,9 +105,10 @@ class AppleTestCA:
         root = _cert(root_name, root_key, root_name, root_key, ca=True, marker=None,
                      not_before=start, not_after=end)
         inter = _cert(inter_name, inter_key, root_name, root_key, ca=True,
-                      marker=INTERMEDIATE_MARKER, not_before=start, not_after=end)
+                      marker=INTERMEDIATE_MARKER, not_before=start, not_after=end,
+                      ocsp_url=ocsp_url)
         leaf = _cert(f"{name} Signing", leaf_key, inter_name, inter_key, ca=False,
-                     marker=LEAF_MARKER, not_before=start, not_after=end)
+                     marker=LEAF_MARKER, not_before=start, not_after=end, ocsp_url=ocsp_url)
         return cls(root=root, intermediate=inter, leaf=leaf, leaf_key=leaf_key)
 
     def save(self, folder: Path) -> None:
