@@ -180,8 +180,10 @@ def test_urgent_subscriptions_are_checked_first(
 ) -> None:
     """Grace period, billing retry and soon-expiring subscriptions are asked about first."""
     soon = STORE_AT + DAY_MS
-    plans = {"7401": {"expires": STORE_AT + 20 * DAY_MS}, "7402": {"status": 4},
-             "7403": {"status": 3}, "7404": {"expires": soon}, "7405": {"status": 2}}
+    plans: dict[str, dict[str, Any]] = {
+        "7401": {"expires": STORE_AT + 20 * DAY_MS}, "7402": {"status": 4},
+        "7403": {"status": 3}, "7404": {"expires": soon}, "7405": {"status": 2},
+    }
     for otid, plan in plans.items():
         subscribe(apple_app, apple_ca, otid, **plan)
         store_has(fake_appstore, otid, **plan)

@@ -33,13 +33,11 @@ def record(sessions: sessionmaker[Session], incoming: Incoming, now: datetime) -
     Commits before returning, so the caller may answer 2xx: the row survives a crash.
     """
     with sessions() as session:
-        if is_known(session, incoming):
-            return False
         session.add(_entry(incoming, now))
         try:
             session.commit()
         except IntegrityError:
-            # A concurrent delivery of the same notification won the insert.
+            # Unique on (channel, notification id): the store sent it before.
             session.rollback()
             return False
     return True
