@@ -83,3 +83,28 @@ def test_consumption_answer_is_sent(
     assert transaction_id == "5003"
     assert body["customerConsented"] is True
     assert body["refundPreference"] == "DECLINE"
+
+
+def test_calls_reuse_one_session_per_thread(
+    make_settings: Callable[..., Settings], apple_api_settings: dict[str, Any],
+    fake_appstore: FakeAppStore,
+) -> None:
+    """The library still sends through `_execute_request`, which our client overrides to keep
+    one session (and its connections) per thread instead of one per call."""
+    from appstoreserverlibrary.api_client import AppStoreServerAPIClient
+
+    from reconcile.channels.apple_api import KeepAliveClient
+
+    assert "_execute_request" in vars(AppStoreServerAPIClient)
+    for original in ("5004", "5005"):
+        tx = transaction_payload(original_transaction_id=original, transaction_id=original,
+                                 bundle_id=BUNDLE_ID)
+        fake_appstore.add_subscription(tx, renewal_payload(original_transaction_id=original))
+    client = api(make_settings, apple_api_settings)
+    client.subscription_statuses("sandbox", "5004")
+    sandbox = client._clients["sandbox"]
+    assert isinstance(sandbox, KeepAliveClient)
+    session = sandbox._local.session
+    client.subscription_statuses("sandbox", "5005")
+    assert sandbox._local.session is session
+    assert len(fake_appstore.calls_to("/inApps/v1/subscriptions/")) == 2

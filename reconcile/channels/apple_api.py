@@ -8,11 +8,14 @@ away). Every outbound Apple call of the service lives here.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import requests
 from appstoreserverlibrary.api_client import APIError, APIException, AppStoreServerAPIClient
 from appstoreserverlibrary.models.ConsumptionRequest import ConsumptionRequest
 from appstoreserverlibrary.models.Environment import Environment
@@ -51,6 +54,34 @@ def is_transient(error: Exception) -> bool:
     return isinstance(error, RequestException | OSError)
 
 
+class KeepAliveClient(AppStoreServerAPIClient):
+    """The library's client on one `requests.Session` per thread instead of a new one per call.
+
+    `requests.request` builds a session for every call: a new TCP and TLS connection to Apple,
+    and a scan of the environment for proxies and .netrc (about 1 ms of CPU). Reconciliation
+    makes thousands of calls from a thread pool, so each thread keeps its own session (sessions
+    are not thread-safe). Proxy variables are read once, here. `_execute_request` is private
+    in app-store-server-library 3.x; tests/test_apple_api.py pins that it is still the hook.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._local = threading.local()
+        self._proxies = urllib.request.getproxies()
+
+    def _execute_request(
+        self, method: str, url: str, params: Any, headers: Any, json: Any, data: Any
+    ) -> requests.Response:
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.trust_env = False
+            session.proxies.update(self._proxies)
+            self._local.session = session
+        return session.request(method, url, params=params, headers=headers, json=json,
+                               data=data, timeout=30)
+
+
 class AppStoreApi:
     """One library client per environment; reads statuses and history, answers consumption."""
 
@@ -80,9 +111,8 @@ class AppStoreApi:
         clients: dict[str, AppStoreServerAPIClient] = {}
         for name in settings.apple_environments:
             env = Environment.PRODUCTION if name == "production" else Environment.SANDBOX
-            client = AppStoreServerAPIClient(signing_key, settings.apple_key_id,
-                                             settings.apple_issuer_id, settings.apple_bundle_id,
-                                             env)
+            client = KeepAliveClient(signing_key, settings.apple_key_id,
+                                     settings.apple_issuer_id, settings.apple_bundle_id, env)
             if settings.apple_api_base_url:
                 # Private in app-store-server-library 3.x; tests/test_apple_api.py pins it.
                 client._base_url = settings.apple_api_base_url.rstrip("/")

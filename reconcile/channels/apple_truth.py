@@ -51,7 +51,7 @@ class AppleTruth:
         self.decoder = AppleProcessor(verifier)
         self.history_days = history_days
 
-    def fetch(self, target: Target) -> Fetched:
+    def fetch(self, target: Target, now: datetime) -> Fetched:
         try:
             statuses = self.api.subscription_statuses(target.environment, target.store_id)
         except AppleApiError as error:

@@ -208,7 +208,8 @@ class Reconciler:
                     exhausted = True
                     break
                 last_read = rows[-1].id
-                queued.append((rows, [pool.submit(self._fetch, row) for row in rows]))
+                asked = clock()
+                queued.append((rows, [pool.submit(self._fetch, row, asked) for row in rows]))
             if not queued:
                 if exhausted:
                     self._checkpoint(run, clock(), next_phase=True)
@@ -226,10 +227,10 @@ class Reconciler:
             if progress is not None:
                 progress(checked, run.checkpoint.get("total", 0))
 
-    def _fetch(self, row: Subscription) -> Fetched:
+    def _fetch(self, row: Subscription, now: datetime) -> Fetched:
         target = Target(row.id, row.channel, row.store_id, row.environment)
         try:
-            return self.sources[row.channel].fetch(target)
+            return self.sources[row.channel].fetch(target, now)
         except Exception as error:  # a bug in one adapter is reported, not mistaken for drift
             log.exception("fetching %s %s failed", row.channel, row.store_id)
             return Fetched(target, error=f"{type(error).__name__}: {error}")

@@ -111,7 +111,9 @@ class TruthSource(Protocol):
 
     channel: str
 
-    def fetch(self, target: Target) -> Fetched: ...
+    def fetch(self, target: Target, now: datetime) -> Fetched:
+        """The store's truth for `target`; `now` stamps stores whose answers carry no time."""
+        ...
 
     def sweeps(self) -> Sequence[Sweep]: ...
 
