@@ -14,11 +14,9 @@ import logging
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, not_, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, not_, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from reconcile.db import transaction
@@ -26,6 +24,7 @@ from reconcile.errors import StoreNotConfigured
 from reconcile.ids import new_id
 from reconcile.models import Discrepancy, ReconciliationRun, StoreId, Subscription
 from reconcile.reconciliation.repair import settle
+from reconcile.reconciliation.runs import RUN_LEASE, Lease, RunView
 from reconcile.reconciliation.sources import (
     Fetched,
     Filters,
@@ -39,34 +38,11 @@ from reconcile.state import Status
 
 log = logging.getLogger(__name__)
 
-RUN_LEASE = timedelta(minutes=5)
 EXPIRING_SOON = timedelta(days=3)
 URGENT = (Status.GRACE_PERIOD.value, Status.BILLING_RETRY.value)
 SUBSCRIPTION_PHASES = ("urgent", "rest")
-FAILURE_SAMPLES = 20
 
 Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class RunView:
-    """A run as its current holder sees it between pages."""
-
-    id: str
-    dry_run: bool
-    filters: Filters
-    checkpoint: dict[str, Any]
-
-    @property
-    def phase(self) -> str | None:
-        phases: list[str] = self.checkpoint["phases"]
-        index: int = self.checkpoint["phase"]
-        return phases[index] if index < len(phases) else None
-
-    @property
-    def state(self) -> dict[str, Any]:
-        state: dict[str, Any] = self.checkpoint.get("state", {})
-        return state
 
 
 class Reconciler:
@@ -84,10 +60,9 @@ class Reconciler:
     ) -> None:
         self.sessions = sessions
         self.sources = sources
-        self.owner = owner
+        self.lease = Lease(owner, lease)
         self.concurrency = concurrency
         self.page_size = page_size
-        self.lease = lease
 
     # Starting and claiming
 
@@ -119,8 +94,8 @@ class Reconciler:
             checked=0, started_at=now,
             checkpoint={"channels": channels, "phases": phases, "phase": 0, "state": {},
                         "total": total or 0, "errors": 0, "failures": []},
-            lease_owner=self.owner if claim else None,
-            lease_until=now + self.lease if claim else None,
+            lease_owner=self.lease.owner if claim else None,
+            lease_until=now + self.lease.length if claim else None,
         )
         session.add(run)
         session.flush()
@@ -128,29 +103,7 @@ class Reconciler:
 
     def claim(self, now: datetime, run_id: str | None = None) -> str | None:
         """Take the lease of a running run nobody (else) holds; its id, or None."""
-        with transaction(self.sessions) as session:
-            query = (
-                select(ReconciliationRun.id)
-                .where(
-                    ReconciliationRun.status == "running",
-                    or_(ReconciliationRun.lease_owner.is_(None),
-                        ReconciliationRun.lease_owner == self.owner,
-                        ReconciliationRun.lease_until < now),
-                )
-                .order_by(ReconciliationRun.started_at, ReconciliationRun.id)
-                .limit(1)
-                .with_for_update(skip_locked=True)
-            )
-            if run_id is not None:
-                query = query.where(ReconciliationRun.id == run_id)
-            found = session.scalars(query).first()
-            if found is None:
-                return None
-            session.execute(
-                update(ReconciliationRun).where(ReconciliationRun.id == found)
-                .values(lease_owner=self.owner, lease_until=now + self.lease)
-            )
-            return found
+        return self.lease.claim(self.sessions, now, run_id)
 
     # Advancing
 
@@ -167,12 +120,12 @@ class Reconciler:
         try:
             with ThreadPoolExecutor(self.concurrency, thread_name_prefix="reconcile") as pool:
                 while max_pages is None or pages < max_pages:
-                    run = self._load(run_id)
+                    run = self.lease.view(self.sessions, run_id)
                     if run is None:
                         break
                     phase = run.phase
                     if phase is None:
-                        self._finish(run_id, clock())
+                        self.lease.end(self.sessions, run_id, clock())
                         break
                     budget = None if max_pages is None else max_pages - pages
                     if phase in SUBSCRIPTION_PHASES:
@@ -183,7 +136,7 @@ class Reconciler:
                     pages += used
         except Exception as error:
             log.exception("reconciliation %s failed", run_id)
-            self._fail(run_id, f"{type(error).__name__}: {error}", clock())
+            self.lease.end(self.sessions, run_id, clock(), f"{type(error).__name__}: {error}")
         return handled
 
     def _subscriptions(
@@ -212,7 +165,7 @@ class Reconciler:
                 queued.append((rows, [pool.submit(self._fetch, row, asked) for row in rows]))
             if not queued:
                 if exhausted:
-                    self._checkpoint(run, clock(), next_phase=True)
+                    self.lease.step(self.sessions, run.id, clock())
                 return handled, pages
             rows, futures = queued.popleft()
             results = [future.result() for future in futures]
@@ -279,7 +232,7 @@ class Reconciler:
     ) -> int | None:
         """Findings, repairs and the checkpoint of one page, in one transaction."""
         with transaction(self.sessions) as session:
-            record = self._held(session, run.id)
+            record = self.lease.held(session, run.id)
             if record is None:
                 return None
             errors: list[str] = []
@@ -292,7 +245,7 @@ class Reconciler:
                 for finding in settled.findings:
                     session.add(_discrepancy(run.id, finding, settled.repaired))
             record.checked += checked
-            self._move(record, {"after": rows[-1].id}, now, errors=errors)
+            self.lease.move(record, {"after": rows[-1].id}, now, errors=errors)
             return record.checked
 
     def _sweep(self, run: RunView, sweep: Sweep, now: datetime) -> tuple[int, int]:
@@ -300,26 +253,26 @@ class Reconciler:
         state = run.state
         if "window" not in state:
             with transaction(self.sessions) as session:
-                record = self._held(session, run.id)
+                record = self.lease.held(session, run.id)
                 if record is None:
                     return 0, 0
                 window = sweep.window(session, run.filters, now)
                 if window is None:
-                    self._move(record, {}, now, next_phase=True)
+                    self.lease.move(record, {}, now, next_phase=True)
                 else:
-                    self._move(record, {"window": window, "token": None, "errors": 0}, now)
+                    self.lease.move(record, {"window": window, "token": None, "errors": 0}, now)
             return 0, 0
         try:
             page = sweep.fetch(state["window"], state.get("token"))
         except StoreFault as error:
             with transaction(self.sessions) as session:
-                record = self._held(session, run.id)
+                record = self.lease.held(session, run.id)
                 if record is not None:
-                    self._move(record, {}, now, errors=[f"{sweep.name}: {error}"],
+                    self.lease.move(record, {}, now, errors=[f"{sweep.name}: {error}"],
                                next_phase=True)
             return 0, 1
         with transaction(self.sessions) as session:
-            record = self._held(session, run.id)
+            record = self.lease.held(session, run.id)
             if record is None:
                 return 0, 0
             for item in page.items:
@@ -331,79 +284,14 @@ class Reconciler:
             if page.token is None:
                 if not run.dry_run and sweep_errors == 0:
                     sweep.complete(session, state["window"], now)
-                self._move(record, {}, now, errors=errors, next_phase=True)
+                self.lease.move(record, {}, now, errors=errors, next_phase=True)
             else:
-                self._move(record, {**state, "token": page.token, "errors": sweep_errors}, now,
+                self.lease.move(record, {**state, "token": page.token, "errors": sweep_errors}, now,
                            errors=errors)
         return len(page.items), 1
 
     def _sweeps(self) -> dict[str, Sweep]:
         return {s.name: s for source in self.sources.values() for s in source.sweeps()}
-
-    # Bookkeeping
-
-    def _load(self, run_id: str) -> RunView | None:
-        with self.sessions() as session:
-            record = session.get(ReconciliationRun, run_id)
-            if record is None or record.status != "running" or record.lease_owner != self.owner:
-                return None
-            checkpoint = dict(record.checkpoint)
-            checkpoint.setdefault("as_of", record.started_at.isoformat())
-            return RunView(record.id, record.dry_run, Filters.from_json(record.filters),
-                           checkpoint)
-
-    def _held(self, session: Session, run_id: str) -> ReconciliationRun | None:
-        record = session.get(ReconciliationRun, run_id, with_for_update=True)
-        if record is None or record.status != "running" or record.lease_owner != self.owner:
-            return None
-        return record
-
-    def _move(
-        self,
-        record: ReconciliationRun,
-        state: dict[str, Any],
-        now: datetime,
-        *,
-        errors: list[str] | None = None,
-        next_phase: bool = False,
-    ) -> None:
-        checkpoint = dict(record.checkpoint)
-        if errors:
-            checkpoint["errors"] = checkpoint.get("errors", 0) + len(errors)
-            checkpoint["failures"] = [*checkpoint.get("failures", []), *errors][:FAILURE_SAMPLES]
-        checkpoint["state"] = state
-        if next_phase:
-            checkpoint["phase"] = checkpoint["phase"] + 1
-        record.checkpoint = checkpoint
-        record.lease_until = now + self.lease
-
-    def _checkpoint(self, run: RunView, now: datetime, *, next_phase: bool) -> None:
-        with transaction(self.sessions) as session:
-            record = self._held(session, run.id)
-            if record is not None:
-                self._move(record, {}, now, next_phase=next_phase)
-
-    def _finish(self, run_id: str, now: datetime) -> None:
-        """Done when everything was checked; failed when any store fault was left over."""
-        with transaction(self.sessions) as session:
-            record = self._held(session, run_id)
-            if record is None:
-                return
-            record.status = "failed" if record.checkpoint.get("errors") else "done"
-            record.finished_at = now
-            record.lease_owner = None
-            record.lease_until = None
-
-    def _fail(self, run_id: str, error: str, now: datetime) -> None:
-        with transaction(self.sessions) as session:
-            record = self._held(session, run_id)
-            if record is None:
-                return
-            record.status = "failed"
-            record.error = error[:2000]
-            record.finished_at = now
-            record.lease_owner = None
-            record.lease_until = None
 
 
 def _discrepancy(run_id: str, finding: Finding, repaired: bool) -> Discrepancy:
