@@ -85,15 +85,16 @@ def test_consumption_answer_is_sent(
     assert body["refundPreference"] == "DECLINE"
 
 
-def test_calls_reuse_one_session_per_thread(
+def test_calls_share_one_connection_pool(
     make_settings: Callable[..., Settings], apple_api_settings: dict[str, Any],
     fake_appstore: FakeAppStore,
 ) -> None:
-    """The library still sends through `_execute_request`, which our client overrides to keep
-    one session (and its connections) per thread instead of one per call."""
+    """The library still sends through `_execute_request`, which our client overrides to use
+    one connection pool (built once, towards the overridden base URL) instead of a new
+    session per call."""
     from appstoreserverlibrary.api_client import AppStoreServerAPIClient
 
-    from reconcile.channels.apple_api import KeepAliveClient
+    from reconcile.channels.apple_api import PooledClient
 
     assert "_execute_request" in vars(AppStoreServerAPIClient)
     for original in ("5004", "5005"):
@@ -103,8 +104,9 @@ def test_calls_reuse_one_session_per_thread(
     client = api(make_settings, apple_api_settings)
     client.subscription_statuses("sandbox", "5004")
     sandbox = client._clients["sandbox"]
-    assert isinstance(sandbox, KeepAliveClient)
-    session = sandbox._local.session
+    assert isinstance(sandbox, PooledClient)
+    pool = sandbox._pool
+    assert pool is not None
     client.subscription_statuses("sandbox", "5005")
-    assert sandbox._local.session is session
+    assert sandbox._pool is pool
     assert len(fake_appstore.calls_to("/inApps/v1/subscriptions/")) == 2

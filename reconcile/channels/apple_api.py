@@ -7,15 +7,18 @@ away). Every outbound Apple call of the service lives here.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import requests
+import certifi
+import urllib3
 from appstoreserverlibrary.api_client import APIError, APIException, AppStoreServerAPIClient
 from appstoreserverlibrary.models.ConsumptionRequest import ConsumptionRequest
 from appstoreserverlibrary.models.Environment import Environment
@@ -23,6 +26,7 @@ from appstoreserverlibrary.models.NotificationHistoryRequest import Notification
 from appstoreserverlibrary.models.NotificationHistoryResponse import NotificationHistoryResponse
 from appstoreserverlibrary.models.StatusResponse import StatusResponse
 from requests import RequestException
+from urllib3.exceptions import HTTPError as Urllib3Error
 
 from reconcile.config import Settings
 from reconcile.ratelimit import TokenBucket
@@ -51,35 +55,60 @@ class AppleApiError(Exception):
 def is_transient(error: Exception) -> bool:
     if isinstance(error, APIException):
         return error.http_status_code >= 500 or error.api_error in RETRYABLE_ERRORS
-    return isinstance(error, RequestException | OSError)
+    return isinstance(error, RequestException | Urllib3Error | OSError)
 
 
-class KeepAliveClient(AppStoreServerAPIClient):
-    """The library's client on one `requests.Session` per thread instead of a new one per call.
+class _Response:
+    """The three things the library reads from a response (`requests.Response`'s names)."""
 
-    `requests.request` builds a session for every call: a new TCP and TLS connection to Apple,
-    and a scan of the environment for proxies and .netrc (about 1 ms of CPU). Reconciliation
-    makes thousands of calls from a thread pool, so each thread keeps its own session (sessions
-    are not thread-safe). Proxy variables are read once, here. `_execute_request` is private
-    in app-store-server-library 3.x; tests/test_apple_api.py pins that it is still the hook.
+    def __init__(self, raw: urllib3.BaseHTTPResponse) -> None:
+        self.status_code = raw.status
+        self.headers = raw.headers
+        self._body = raw.data
+
+    def json(self) -> Any:
+        return json.loads(self._body)
+
+
+class PooledClient(AppStoreServerAPIClient):
+    """The library's client over one urllib3 connection pool instead of `requests.request`.
+
+    `requests.request` builds a session per call: a new TCP and TLS connection to Apple, and a
+    scan of the environment for proxies and .netrc; all in, about 0.7 ms of CPU a call, which
+    is what limits a reconciliation's thread pool. The pool is thread-safe and keeps
+    connections alive; proxy settings are read once, here. Retries stay ours (`retries=False`),
+    so each attempt passes the rate limiter. `_execute_request` is private in
+    app-store-server-library 3.x; tests/test_apple_api.py pins that it is still the hook.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._local = threading.local()
-        self._proxies = urllib.request.getproxies()
+        self._pool: urllib3.PoolManager | None = None
+        self._pool_lock = threading.Lock()
+
+    def _connections(self) -> urllib3.PoolManager:
+        # Built on first use: the base URL may have been pointed elsewhere after __init__.
+        with self._pool_lock:
+            if self._pool is None:
+                options: dict[str, Any] = {
+                    "maxsize": 32, "ca_certs": certifi.where(), "retries": False,
+                    "timeout": urllib3.Timeout(connect=10, read=30),
+                }
+                host = urllib.parse.urlsplit(self._base_url).hostname or ""
+                proxy = urllib.request.getproxies().get("https")
+                if proxy and not urllib.request.proxy_bypass(host):
+                    self._pool = urllib3.ProxyManager(proxy, **options)
+                else:
+                    self._pool = urllib3.PoolManager(**options)
+            return self._pool
 
     def _execute_request(
         self, method: str, url: str, params: Any, headers: Any, json: Any, data: Any
-    ) -> requests.Response:
-        session: requests.Session | None = getattr(self._local, "session", None)
-        if session is None:
-            session = requests.Session()
-            session.trust_env = False
-            session.proxies.update(self._proxies)
-            self._local.session = session
-        return session.request(method, url, params=params, headers=headers, json=json,
-                               data=data, timeout=30)
+    ) -> Any:
+        if params:
+            url = f"{url}?{urllib.parse.urlencode(params, doseq=True)}"
+        answer = self._connections().request(method, url, headers=headers, json=json, body=data)
+        return _Response(answer)
 
 
 class AppStoreApi:
@@ -111,8 +140,8 @@ class AppStoreApi:
         clients: dict[str, AppStoreServerAPIClient] = {}
         for name in settings.apple_environments:
             env = Environment.PRODUCTION if name == "production" else Environment.SANDBOX
-            client = KeepAliveClient(signing_key, settings.apple_key_id,
-                                     settings.apple_issuer_id, settings.apple_bundle_id, env)
+            client = PooledClient(signing_key, settings.apple_key_id,
+                                  settings.apple_issuer_id, settings.apple_bundle_id, env)
             if settings.apple_api_base_url:
                 # Private in app-store-server-library 3.x; tests/test_apple_api.py pins it.
                 client._base_url = settings.apple_api_base_url.rstrip("/")
@@ -151,7 +180,7 @@ class AppStoreApi:
             self._bucket.acquire()
             try:
                 return getattr(client, method)(*args)
-            except (APIException, RequestException, OSError) as error:
+            except (APIException, RequestException, Urllib3Error, OSError) as error:
                 status = error.http_status_code if isinstance(error, APIException) else None
                 transient = is_transient(error)
                 if not transient or attempt == self._attempts:
