@@ -19,7 +19,7 @@ from typing import Protocol
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from reconcile.db import transaction
+from reconcile.db import is_conflict, transaction
 from reconcile.events import Normalised
 from reconcile.ids import new_id
 from reconcile.ingest import ingest
@@ -28,6 +28,10 @@ from reconcile.models import InboxEntry
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+
+# Immediate re-runs of an entry that lost a race with another worker (see `is_conflict`);
+# they are not failed attempts, so they neither back off nor count towards max_attempts.
+CONFLICT_RETRIES = 5
 
 
 def utcnow() -> datetime:
@@ -133,24 +137,35 @@ class InboxJob:
             return rows
 
     def _finish(self, entry: InboxEntry, result: Normalised | Exception, now: datetime) -> None:
-        try:
-            with transaction(self.sessions) as session:
-                row = session.get(InboxEntry, entry.id, with_for_update=True)
-                if row is None or row.lease_owner != self.owner or row.status != "pending":
-                    return  # our lease ran out and another worker took it
-                row.lease_owner = None
-                row.lease_until = None
-                row.attempts += 1
-                if isinstance(result, Exception):
-                    self._failed(row, result, now)
-                    return
-                ingest(session, result, source=entry.channel, now=now, inbox_id=entry.id)
-                row.status = "processed"
-                row.processed_at = now
-                row.error = None
-        except Exception as error:
-            log.exception("applying inbox entry %s failed", entry.id)
-            self._record_failure(entry.id, error, now)
+        for retry in range(CONFLICT_RETRIES + 1):
+            try:
+                self._apply(entry, result, now)
+                return
+            except Exception as error:
+                if is_conflict(error) and retry < CONFLICT_RETRIES:
+                    # Another worker wrote the same subscription (or account, purchase...)
+                    # first; running again in a new transaction builds on what it committed.
+                    log.info("inbox entry %s raced another writer; applying it again", entry.id)
+                    continue
+                log.exception("applying inbox entry %s failed", entry.id)
+                self._record_failure(entry.id, error, now)
+                return
+
+    def _apply(self, entry: InboxEntry, result: Normalised | Exception, now: datetime) -> None:
+        with transaction(self.sessions) as session:
+            row = session.get(InboxEntry, entry.id, with_for_update=True)
+            if row is None or row.lease_owner != self.owner or row.status != "pending":
+                return  # our lease ran out and another worker took it
+            row.lease_owner = None
+            row.lease_until = None
+            row.attempts += 1
+            if isinstance(result, Exception):
+                self._failed(row, result, now)
+                return
+            ingest(session, result, source=entry.channel, now=now, inbox_id=entry.id)
+            row.status = "processed"
+            row.processed_at = now
+            row.error = None
 
     def _failed(self, row: InboxEntry, error: Exception, now: datetime) -> None:
         row.error = f"{type(error).__name__}: {error}"[:2000]

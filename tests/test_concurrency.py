@@ -1,0 +1,86 @@
+"""Several workers on one database: racing writers of one subscription lose no update."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, text
+from sqlalchemy.engine import Engine
+
+from reconcile.models import InboxEntry, Subscription, SubscriptionEvent
+from reconcile.worker import InboxJob
+from tests.support.apple_ca import AppleTestCA
+from tests.support.apple_payloads import sign_notification
+from tests.support.server import FakeClock, RunningApp
+
+FIXTURE = (Path(__file__).parent.parent / "fixtures" / "apple"
+           / "did_change_renewal_status_auto_renew_disabled.json")
+
+
+@contextmanager
+def inserts_held(engine: Engine, waiters: int) -> Iterator[None]:
+    """On PostgreSQL, block inserts into subscriptions until `waiters` transactions queue up.
+
+    Readers pass a SHARE lock, writers wait for it: both workers have looked the subscription
+    up (and found nothing) before either can create it, so the race happens every time.
+    SQLite serialises writers itself (BEGIN IMMEDIATE) and needs no gate.
+    """
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    with engine.connect() as gate:
+        gate.execute(text("LOCK TABLE subscriptions IN SHARE MODE"))
+        yield
+        deadline = time.monotonic() + 30
+        while gate.scalar(text(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted"
+            " AND relation = 'subscriptions'::regclass"
+        )) < waiters:
+            assert time.monotonic() < deadline, "the workers never reached the insert"
+            time.sleep(0.01)
+        gate.rollback()
+
+
+def test_racing_workers_create_one_subscription_with_both_updates(
+    app: RunningApp, apple_ca: AppleTestCA, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two workers applying two notifications of one new subscription at once apply both."""
+    caplog.set_level(logging.INFO, logger="reconcile.worker")
+    fixture: dict[str, Any] = json.loads(FIXTURE.read_text())
+    for notification in (*fixture["given"], fixture["notification"]):
+        response = app.client.post(
+            "/webhooks/apple", json={"signedPayload": sign_notification(apple_ca, notification)}
+        )
+        assert response.status_code == 200, response.text
+    services = app.services
+    jobs = [InboxJob(sessions=services.sessions, processors=services.processors,
+                     owner=f"worker-{n}", batch_size=1) for n in range(2)]
+
+    with ThreadPoolExecutor(2) as pool:
+        with inserts_held(services.engine, waiters=2):
+            handled = [pool.submit(job.run_once, clock()) for job in jobs]
+        assert [future.result(60) for future in handled] == [1, 1]
+
+    if services.engine.dialect.name == "postgresql":
+        assert "raced another writer" in caplog.text  # the race really happened
+    subs = app.client.get("/v1/subscriptions").json()["items"]
+    assert len(subs) == 1
+    assert {key: subs[0][key] for key in fixture["expected"]["subscription"]} == (
+        fixture["expected"]["subscription"]
+    )
+    with services.sessions() as session:
+        inbox = list(session.scalars(select(InboxEntry).order_by(InboxEntry.id)))
+        assert [(row.status, row.attempts, row.error) for row in inbox] == [
+            ("processed", 1, None), ("processed", 1, None)
+        ]
+        events = list(session.scalars(select(SubscriptionEvent)))
+        assert sorted(e.inbox_id or 0 for e in events) == [row.id for row in inbox]
+        assert session.scalar(select(func.count()).select_from(Subscription)) == 1
