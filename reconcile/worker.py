@@ -102,8 +102,7 @@ class InboxJob:
                 except Exception as error:  # a processor bug must not stop the other channels
                     log.exception("processor %s failed", channel)
                     results = [error] * len(group)
-            for entry, result in zip(group, results, strict=True):
-                self._finish(entry, result, now)
+            self._finish_batch(list(zip(group, results, strict=True)), now)
         return len(entries)
 
     def _claim(self, now: datetime) -> list[InboxEntry]:
@@ -136,10 +135,39 @@ class InboxJob:
             session.expunge_all()
             return rows
 
-    def _finish(self, entry: InboxEntry, result: Normalised | Exception, now: datetime) -> None:
+    def _finish_batch(
+        self, batch: list[tuple[InboxEntry, Normalised | Exception]], now: datetime
+    ) -> None:
+        """Apply a whole batch in one transaction; if anything in it fails, one by one."""
+        # Apply in store-id order so that workers whose batches share subscriptions lock them
+        # in the same order (PostgreSQL): one waits for the other instead of deadlocking.
+        # The merge is order-independent, so this changes nothing else.
+        batch = sorted(batch, key=lambda item: (_store_id(item[1]), item[0].id))
+        if len(batch) > 1:
+            try:
+                with transaction(self.sessions) as session:
+                    rows = {
+                        row.id: row
+                        for row in session.scalars(
+                            select(InboxEntry)
+                            .where(InboxEntry.id.in_([entry.id for entry, _ in batch]))
+                            .with_for_update()
+                        )
+                    }
+                    for entry, result in batch:
+                        self._apply(session, rows.get(entry.id), entry, result, now)
+                return
+            except Exception:
+                log.warning("a batch of %d entries failed; applying them one by one", len(batch))
+        for entry, result in batch:
+            self._finish_one(entry, result, now)
+
+    def _finish_one(self, entry: InboxEntry, result: Normalised | Exception, now: datetime) -> None:
         for retry in range(CONFLICT_RETRIES + 1):
             try:
-                self._apply(entry, result, now)
+                with transaction(self.sessions) as session:
+                    row = session.get(InboxEntry, entry.id, with_for_update=True)
+                    self._apply(session, row, entry, result, now)
                 return
             except Exception as error:
                 if is_conflict(error) and retry < CONFLICT_RETRIES:
@@ -151,21 +179,26 @@ class InboxJob:
                 self._record_failure(entry.id, error, now)
                 return
 
-    def _apply(self, entry: InboxEntry, result: Normalised | Exception, now: datetime) -> None:
-        with transaction(self.sessions) as session:
-            row = session.get(InboxEntry, entry.id, with_for_update=True)
-            if row is None or row.lease_owner != self.owner or row.status != "pending":
-                return  # our lease ran out and another worker took it
-            row.lease_owner = None
-            row.lease_until = None
-            row.attempts += 1
-            if isinstance(result, Exception):
-                self._failed(row, result, now)
-                return
-            ingest(session, result, source=entry.channel, now=now, inbox_id=entry.id)
-            row.status = "processed"
-            row.processed_at = now
-            row.error = None
+    def _apply(
+        self,
+        session: Session,
+        row: InboxEntry | None,
+        entry: InboxEntry,
+        result: Normalised | Exception,
+        now: datetime,
+    ) -> None:
+        if row is None or row.lease_owner != self.owner or row.status != "pending":
+            return  # our lease ran out and another worker took it
+        row.lease_owner = None
+        row.lease_until = None
+        row.attempts += 1
+        if isinstance(result, Exception):
+            self._failed(row, result, now)
+            return
+        ingest(session, result, source=entry.channel, now=now, inbox_id=entry.id)
+        row.status = "processed"
+        row.processed_at = now
+        row.error = None
 
     def _failed(self, row: InboxEntry, error: Exception, now: datetime) -> None:
         row.error = f"{type(error).__name__}: {error}"[:2000]
@@ -183,6 +216,12 @@ class InboxJob:
                 self._failed(row, error, now)
                 row.lease_owner = None
                 row.lease_until = None
+
+
+def _store_id(result: Normalised | Exception) -> str:
+    if isinstance(result, Normalised) and result.subscription is not None:
+        return result.subscription.store_id
+    return ""
 
 
 class Worker:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import random
+import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,7 +23,7 @@ from tests.conftest import ADMIN_TOKEN
 from tests.support.apple_burst import story
 from tests.support.apple_ca import AppleTestCA
 from tests.support.apple_payloads import sign_notification
-from tests.support.processes import ServiceProcess, service_env
+from tests.support.process import service_env, start_service, stop_service
 
 pytestmark = pytest.mark.slow
 
@@ -42,22 +45,29 @@ def engine(postgres_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
+@dataclass
+class Service:
+    process: subprocess.Popen[bytes]
+    url: str
+
+
 @pytest.fixture
 def services(postgres_url: str, apple_root_file: Path,
-             tmp_path: Path) -> Iterator[tuple[ServiceProcess, ServiceProcess]]:
+             tmp_path: Path) -> Iterator[tuple[Service, Service]]:
     """Two `reconcile serve` processes sharing the database, each with its own worker."""
-    env = service_env(postgres_url, apple_root_file, ADMIN_TOKEN,
+    env = service_env(postgres_url, apple_root_file,
+                      RECONCILE_ADMIN_TOKEN=ADMIN_TOKEN,
                       RECONCILE_WORKER_POLL_SECONDS="0.05",
                       # A dead worker's claimed entries go back to the others after this.
                       RECONCILE_WORKER_LEASE_SECONDS="2")
-    pair = (ServiceProcess(env, tmp_path / "a.log"), ServiceProcess(env, tmp_path / "b.log"))
+    started: list[Service] = []
     try:
-        for process in pair:
-            process.wait_ready()
-        yield pair
+        for name in ("a", "b"):
+            started.append(Service(*start_service(env, log=tmp_path / f"{name}.log")))
+        yield started[0], started[1]
     finally:
-        for process in pair:
-            process.stop()
+        for service in started:
+            stop_service(service.process)
 
 
 def post(client: httpx.Client, signed: str) -> bool:
@@ -80,7 +90,7 @@ def wait_processed(engine: Engine, timeout: float = 90) -> None:
 
 
 def test_burst_to_two_processes_one_killed_applies_each_notification_once(
-    services: tuple[ServiceProcess, ServiceProcess], engine: Engine, apple_ca: AppleTestCA
+    services: tuple[Service, Service], engine: Engine, apple_ca: AppleTestCA
 ) -> None:
     """Every notification a process answered 200 is applied exactly once despite a SIGKILL."""
     a, b = services
@@ -112,7 +122,8 @@ def test_burst_to_two_processes_one_killed_applies_each_notification_once(
             elif target == "b" and b.process.returncode is not None:
                 refused_by_b_after_kill += 1
             if done == len(sends) // 2:
-                b.kill()
+                b.process.send_signal(signal.SIGKILL)
+                b.process.wait(10)
     assert b.process.returncode == -9
     assert accepted["b"], "B accepted nothing before it was killed"
     assert refused_by_b_after_kill, "B was killed after the burst, not during it"
@@ -146,7 +157,7 @@ def test_burst_to_two_processes_one_killed_applies_each_notification_once(
     assert 'status="failed"' not in metrics
 
 
-def to_states(process: ServiceProcess) -> dict[str, dict[str, object]]:
+def to_states(process: Service) -> dict[str, dict[str, object]]:
     """Each subscription's state fields that `Story.expected` names, by store id."""
     response = httpx.get(f"{process.url}/v1/subscriptions", params={"limit": 500},
                          headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})

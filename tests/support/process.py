@@ -1,0 +1,76 @@
+"""Starting the real `reconcile` command as a child process, for tests that kill it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.support.apple_payloads import APP_APPLE_ID, BUNDLE_ID
+from tests.support.server import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def service_env(database_url: str, apple_root: Path, **extra: str) -> dict[str, str]:
+    """The environment a child `reconcile` process runs with: test trust root, no OCSP."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILE_")}
+    env.update({
+        "RECONCILE_DATABASE_URL": database_url,
+        "RECONCILE_ADMIN_TOKEN": "process-admin-token",
+        "RECONCILE_APPLE_BUNDLE_ID": BUNDLE_ID,
+        "RECONCILE_APPLE_APP_APPLE_ID": str(APP_APPLE_ID),
+        "RECONCILE_APPLE_ROOT_CERTS": str(apple_root),
+        "RECONCILE_APPLE_ONLINE_CHECKS": "false",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    })
+    env.update(extra)
+    return env
+
+
+def start_service(
+    env: dict[str, str], *args: str, log: Path | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`reconcile serve` on a free port; returns the process and its base URL once it answers.
+
+    Its output goes to `log` (default: a new temporary file), never to a pipe nobody reads: a
+    busy service would fill the pipe and block on its next log line.
+    """
+    if log is None:
+        handle, name = tempfile.mkstemp(prefix="reconcile-serve-", suffix=".log")
+        os.close(handle)
+        log = Path(name)
+    port = free_port()
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "reconcile", "serve", "--port", str(port), *args],
+            env=env, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"service exited: {log.read_text(errors='replace')[-4000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"service did not become ready: {log.read_text(errors='replace')[-4000:]}")
+
+
+def stop_service(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it will not go."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
