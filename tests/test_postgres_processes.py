@@ -58,6 +58,8 @@ def services(postgres_url: str, apple_root_file: Path,
     env = service_env(postgres_url, apple_root_file,
                       RECONCILE_ADMIN_TOKEN=ADMIN_TOKEN,
                       RECONCILE_WORKER_POLL_SECONDS="0.05",
+                      # Small batches interleave the two workers more finely.
+                      RECONCILE_WORKER_BATCH_SIZE="4",
                       # A dead worker's claimed entries go back to the others after this.
                       RECONCILE_WORKER_LEASE_SECONDS="2")
     started: list[Service] = []
