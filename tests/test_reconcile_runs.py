@@ -72,6 +72,25 @@ def test_missed_notification_comes_back_through_history(
     assert fake_appstore.calls_to(HISTORY)[-1].body["startDate"] == first_end - 3_600_000
 
 
+def test_history_is_read_page_by_page(
+    apple_app: RunningApp, fake_appstore: FakeAppStore
+) -> None:
+    """More missed notifications than one history page holds are all recovered."""
+    for n in range(25):
+        otid = f"71{n:02d}"
+        fake_appstore.add_notification(missed(otid, f"dddddddd-0000-4000-8000-{n:012d}",
+                                              STORE_AT - DAY_MS + n))
+        store_has(fake_appstore, otid, expires=STORE_AT + 28 * DAY_MS)
+    report = reconcile(apple_app)
+    assert report["status"] == "done"
+    assert sorted(d["store_id"] for d in report["discrepancies"]) == [
+        f"71{n:02d}" for n in range(25)]
+    assert len(fake_appstore.calls_to(HISTORY)) == 2
+    apple_app.drain()
+    assert len(apple_app.client.get("/v1/subscriptions", params={"limit": 100}).json()[
+        "items"]) == 25
+
+
 def test_dry_run_recovers_nothing(
     apple_app: RunningApp, fake_appstore: FakeAppStore
 ) -> None:
