@@ -12,7 +12,13 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from reconcile.models import Acknowledgement, InboxEntry, Refund
+from reconcile.models import (
+    Acknowledgement,
+    Discrepancy,
+    InboxEntry,
+    ReconciliationRun,
+    Refund,
+)
 
 
 class Metrics:
@@ -89,7 +95,43 @@ class _DatabaseCollector(Collector):
                 )
             )
             unacked.add_metric([], stale or 0)
-        yield from (by_status, lag, refunds, unacked)
+            reconciliation = list(_reconciliation(session, now))
+        yield from (by_status, lag, refunds, unacked, *reconciliation)
+
+
+def _reconciliation(session: Session, now: datetime) -> Iterator[Metric]:
+    """How long since a reconciliation last completed, and what the newest finished one found."""
+    runs = GaugeMetricFamily("reconcile_reconciliation_runs", "Reconciliation runs by status.",
+                             labels=["status"])
+    for status, count in session.execute(
+        select(ReconciliationRun.status, func.count()).group_by(ReconciliationRun.status)
+    ):
+        runs.add_metric([status], count)
+    age = GaugeMetricFamily(
+        "reconcile_reconciliation_age_seconds",
+        "Time since the newest reconciliation that checked everything it was asked to finished.",
+    )
+    done = session.scalar(select(func.max(ReconciliationRun.finished_at))
+                          .where(ReconciliationRun.status == "done"))
+    if done is not None:
+        age.add_metric([], _seconds(now, done))
+    found = GaugeMetricFamily(
+        "reconcile_reconciliation_discrepancies",
+        "Discrepancies the newest finished reconciliation found, by kind and repaired.",
+        labels=["kind", "repaired"],
+    )
+    newest = session.scalars(
+        select(ReconciliationRun.id).where(ReconciliationRun.finished_at.is_not(None))
+        .order_by(ReconciliationRun.finished_at.desc()).limit(1)
+    ).first()
+    if newest is not None:
+        for kind, repaired, count in session.execute(
+            select(Discrepancy.kind, Discrepancy.repaired, func.count())
+            .where(Discrepancy.run_id == newest)
+            .group_by(Discrepancy.kind, Discrepancy.repaired)
+        ):
+            found.add_metric([kind, "true" if repaired else "false"], count)
+    yield from (runs, age, found)
 
 
 def _seconds(now: datetime, then: datetime) -> float:

@@ -277,3 +277,18 @@ def test_runs_api(apple_app: RunningApp, clock: FakeClock) -> None:
     assert client.post("/v1/reconciliations", json={"channel": "fax"}).status_code == 422
     assert client.get("/v1/reconciliations", headers={"Authorization": ""}).status_code == 401
 
+
+
+def test_metrics_show_the_newest_run(
+    apple_app: RunningApp, apple_ca: AppleTestCA, fake_appstore: FakeAppStore, clock: FakeClock
+) -> None:
+    """Prometheus sees how old the last complete reconciliation is and what it found."""
+    subscribe(apple_app, apple_ca, "7701")
+    store_has(fake_appstore, "7701", auto_renew=0)
+    reconcile(apple_app, dry_run=True)
+    clock.advance(minutes=5)
+    text = apple_app.client.get("/metrics").text
+    assert 'reconcile_reconciliation_runs{status="done"} 1.0' in text
+    assert "reconcile_reconciliation_age_seconds 300.0" in text
+    assert ('reconcile_reconciliation_discrepancies{kind="auto_renew",repaired="false"} 1.0'
+            in text)
