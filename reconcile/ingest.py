@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from reconcile.events import (
@@ -32,10 +32,20 @@ from reconcile.models import (
     Subscription,
     SubscriptionEvent,
 )
-from reconcile.state import STATE_FIELDS, Observation, Stamp, Status, SubscriptionState, apply
+from reconcile.state import (
+    STATE_FIELDS,
+    Channel,
+    Observation,
+    Stamp,
+    Status,
+    SubscriptionState,
+    apply,
+)
 
 # Apple wants a consumption answer within 12 hours of the request.
 CONSUMPTION_DEADLINE = timedelta(hours=12)
+# Statuses with which a new purchase token starts (or restarts) a subscription.
+CONTINUING_STATUSES = {Status.PENDING.value, Status.ACTIVE.value, Status.GRACE_PERIOD.value}
 
 
 @dataclass(frozen=True)
@@ -90,23 +100,30 @@ def apply_observation(
 ) -> Applied:
     channel = observation.channel.value
     row = find_subscription(session, channel, observation.store_id)
+    older = [found for linked in observation.linked_store_ids
+             if (found := find_subscription(session, channel, linked)) is not None]
+    # The newest store id decides the state: the one this observation continues, or this one.
     newest_token = True
+    if row is None and older:
+        row = older[0]
     if row is None:
-        for linked in observation.linked_store_ids:
-            row = find_subscription(session, channel, linked)
-            if row is not None:
-                break
+        row = _continued_by_account(session, observation)
     if row is None:
         row = _new_subscription(session, observation, now)
     else:
         # Serialise writers of one subscription (PostgreSQL); the version column catches the rest.
         session.refresh(row, with_for_update=True)
+        for other in older:
+            if other.id != row.id:
+                _absorb(session, row, other, now)
         known = set(
             session.scalars(select(StoreId.store_id).where(StoreId.subscription_id == row.id))
         )
-        # A token that an already-known token links to is older, not newer.
-        newest_token = row.store_id in observation.linked_store_ids or row.store_id == (
-            observation.store_id
+        # A store id that an already-known one links to is older, not newer.
+        newest_token = (
+            observation.store_id not in known
+            or row.store_id == observation.store_id
+            or row.store_id in observation.linked_store_ids
         )
         for store_id in (observation.store_id, *observation.linked_store_ids):
             if store_id not in known:
@@ -118,6 +135,7 @@ def apply_observation(
         # Facts about a replaced token (it went EXPIRED with replacementCancellation) must not
         # overwrite the subscription that continues under the newer token.
         observation = replace(observation, fields={})
+    observation = _keep_revocation(before, row.expires_at, observation)
     after = apply(before, observation)
     if newest_token and row.store_id != observation.store_id:
         row.store_id = observation.store_id
@@ -142,6 +160,74 @@ def apply_observation(
     if changed and not after.auto_renew:
         confirm_cancellations(session, row, now)
     return Applied(row.id, changed)
+
+
+def _continued_by_account(session: Session, observation: Observation) -> Subscription | None:
+    """A Google resubscribe after expiry: a new token with no link, same account.
+
+    Google issues a fresh purchase token without `linkedPurchaseToken` when a customer buys
+    again after the old subscription ended; `obfuscatedExternalAccountId` is what ties it to
+    the account's subscription. Only an ended subscription is continued, so two subscriptions
+    the customer holds at once stay two.
+    """
+    account = observation.fields.get("account_id")
+    starts = observation.fields.get("status") in CONTINUING_STATUSES
+    if observation.channel is not Channel.GOOGLE or not account or not starts:
+        return None
+    return session.scalars(
+        select(Subscription)
+        .where(Subscription.channel == observation.channel.value,
+               Subscription.environment == observation.environment,
+               Subscription.account_id == account,
+               Subscription.status.in_((Status.EXPIRED.value, Status.REVOKED.value)))
+        .order_by(Subscription.last_event_at.desc(), Subscription.id)
+    ).first()
+
+
+def _absorb(session: Session, survivor: Subscription, older: Subscription, now: datetime) -> None:
+    """Fold a subscription built from an older link of the same chain into `survivor`.
+
+    Notifications arrive unordered: C (linking B) can come before A, which then starts a
+    subscription of its own, until B (linking A) shows they are one chain. The survivor holds
+    the newest token, so its state stands; the older one's history moves over.
+    """
+    for model in (StoreId, SubscriptionEvent, Refund, OutboxEntry):
+        session.execute(
+            update(model).where(model.subscription_id == older.id)
+            .values(subscription_id=survivor.id)
+            .execution_options(synchronize_session=False)
+        )
+    session.add(SubscriptionEvent(
+        subscription_id=survivor.id, source="ingest", kind="merged", store_time=None,
+        recorded_at=now, applied=False, inbox_id=None,
+        detail={"merged_subscription_id": older.id, "store_id": older.store_id},
+    ))
+    session.flush()
+    session.delete(older)
+    session.flush()
+    session.expire_all()
+
+
+def _keep_revocation(
+    before: SubscriptionState, expires_at: datetime | None, observation: Observation
+) -> Observation:
+    """Google: a revoked period stays revoked, whatever a later read of it says.
+
+    After a revocation or a voided current order, `subscriptionsv2.get` reports the token as
+    EXPIRED (or, for a refund without revocation, still ACTIVE), and a delayed notification
+    read later would otherwise rename the revoked period. A new period (a different expiry)
+    does take over.
+    """
+    status = observation.fields.get("status")
+    if (
+        observation.channel is not Channel.GOOGLE
+        or before.status is not Status.REVOKED
+        or status in (None, Status.REVOKED.value)
+        or observation.fields.get("expires_at", expires_at) != expires_at
+    ):
+        return observation
+    fields = {k: v for k, v in observation.fields.items() if k not in ("status", "auto_renew")}
+    return replace(observation, fields=fields)
 
 
 def _new_subscription(session: Session, observation: Observation, now: datetime) -> Subscription:
@@ -254,10 +340,15 @@ def record_refund(
                                    Purchase.store_id == seen.purchase_store_id)
         ).first()
     if row is None:
+        # Google's voided-purchase notice names only the token: the rest comes from our records.
+        known: Purchase | Subscription | None = purchase or (
+            session.get(Subscription, subscription_id) if subscription_id else None)
         row = Refund(
             channel=seen.channel.value, refund_key=seen.refund_key, store_id=seen.store_id,
             subscription_id=subscription_id, purchase_id=purchase.id if purchase else None,
-            account_id=seen.account_id, product_id=seen.product_id, amount=seen.amount,
+            account_id=seen.account_id or (known.account_id if known else None),
+            product_id=seen.product_id or (known.product_id if known else None),
+            amount=seen.amount,
             currency=seen.currency, refunded_at=seen.refunded_at, recorded_at=now,
             consumption_answer_sent=_consumption_answered(session, seen.store_id),
         )
