@@ -28,7 +28,7 @@ class RateLimiter:
         if per_minute < 1:
             raise ValueError("per_minute must be at least 1")
         self.per_minute = per_minute
-        self.burst = max(1, per_minute // 20)
+        self.burst = max(1, per_minute // 60)
         self.rate = max(per_minute - self.burst, 1) / (WINDOW_SECONDS + 1.0)
         self.clock = clock
         self.sleep = sleep
