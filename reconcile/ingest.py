@@ -81,13 +81,22 @@ def ingest(
     return applied
 
 
-def find_subscription(session: Session, channel: str, store_id: str) -> Subscription | None:
-    """The subscription any of whose store identifiers is `store_id`."""
-    return session.scalars(
+def find_subscription(
+    session: Session, channel: str, store_id: str, *, lock: bool = False
+) -> Subscription | None:
+    """The subscription any of whose store identifiers is `store_id`.
+
+    With `lock`, the row is locked for this transaction (PostgreSQL: writers of one
+    subscription take turns; the version column catches anything else).
+    """
+    query = (
         select(Subscription)
         .join(StoreId, StoreId.subscription_id == Subscription.id)
         .where(StoreId.channel == channel, StoreId.store_id == store_id)
-    ).first()
+    )
+    if lock:
+        query = query.with_for_update(of=Subscription)
+    return session.scalars(query).first()
 
 
 def apply_observation(
@@ -99,9 +108,9 @@ def apply_observation(
     inbox_id: int | None = None,
 ) -> Applied:
     channel = observation.channel.value
-    row = find_subscription(session, channel, observation.store_id)
+    row = find_subscription(session, channel, observation.store_id, lock=True)
     older = [found for linked in observation.linked_store_ids
-             if (found := find_subscription(session, channel, linked)) is not None]
+             if (found := find_subscription(session, channel, linked, lock=True)) is not None]
     # The newest store id decides the state: the one this observation continues, or this one.
     newest_token = True
     if row is None and older:
@@ -111,25 +120,24 @@ def apply_observation(
     if row is None:
         row = _new_subscription(session, observation, now)
     else:
-        # Serialise writers of one subscription (PostgreSQL); the version column catches the rest.
-        session.refresh(row, with_for_update=True)
         for other in older:
             if other.id != row.id:
                 _absorb(session, row, other, now)
-        known = set(
-            session.scalars(select(StoreId.store_id).where(StoreId.subscription_id == row.id))
-        )
-        # A store id that an already-known one links to is older, not newer.
-        newest_token = (
-            observation.store_id not in known
-            or row.store_id == observation.store_id
-            or row.store_id in observation.linked_store_ids
-        )
-        for store_id in (observation.store_id, *observation.linked_store_ids):
-            if store_id not in known:
-                session.add(StoreId(channel=channel, store_id=store_id,
-                                    subscription_id=row.id, created_at=now))
-                known.add(store_id)
+        if observation.linked_store_ids or row.store_id != observation.store_id:
+            known = set(session.scalars(
+                select(StoreId.store_id).where(StoreId.subscription_id == row.id)
+            ))
+            # A store id that an already-known one links to is older, not newer.
+            newest_token = (
+                observation.store_id not in known
+                or row.store_id == observation.store_id
+                or row.store_id in observation.linked_store_ids
+            )
+            for store_id in (observation.store_id, *observation.linked_store_ids):
+                if store_id not in known:
+                    session.add(StoreId(channel=channel, store_id=store_id,
+                                        subscription_id=row.id, created_at=now))
+                    known.add(store_id)
     before = to_state(row)
     if not newest_token:
         # Facts about a replaced token (it went EXPIRED with replacementCancellation) must not
@@ -155,7 +163,7 @@ def apply_observation(
                     "fields": _jsonable(observation.fields)},
         )
     )
-    if after.account_id:
+    if after.account_id and after.account_id != before.account_id:
         ensure_account(session, after.account_id, now)
     if changed and not after.auto_renew:
         confirm_cancellations(session, row, now)
@@ -181,6 +189,8 @@ def _continued_by_account(session: Session, observation: Observation) -> Subscri
                Subscription.account_id == account,
                Subscription.status.in_((Status.EXPIRED.value, Status.REVOKED.value)))
         .order_by(Subscription.last_event_at.desc(), Subscription.id)
+        .limit(1)
+        .with_for_update()
     ).first()
 
 
@@ -195,7 +205,6 @@ def _absorb(session: Session, survivor: Subscription, older: Subscription, now: 
         session.execute(
             update(model).where(model.subscription_id == older.id)
             .values(subscription_id=survivor.id)
-            .execution_options(synchronize_session=False)
         )
     session.add(SubscriptionEvent(
         subscription_id=survivor.id, source="ingest", kind="merged", store_time=None,
@@ -205,7 +214,6 @@ def _absorb(session: Session, survivor: Subscription, older: Subscription, now: 
     session.flush()
     session.delete(older)
     session.flush()
-    session.expire_all()
 
 
 def _keep_revocation(

@@ -1,4 +1,4 @@
-"""Shared fixtures: a test Apple CA, settings on a fresh database, the app over real HTTP."""
+"""Shared fixtures: test CAs and keys, settings on a fresh database, fakes, the app over HTTP."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from reconcile.config import Settings
 from reconcile.db import migrate
 from reconcile.services import build_services
+from tests.fakes.appstore import FakeAppStore
 from tests.fakes.play import FakePlay
 from tests.support.apple_ca import AppleTestCA
 from tests.support.apple_payloads import APP_APPLE_ID, BUNDLE_ID
@@ -27,6 +30,8 @@ from tests.support.oidc import OidcIssuer
 from tests.support.server import FakeClock, RunningApp, serve_in_thread
 
 ADMIN_TOKEN = "test-admin-token"
+APPLE_KEY_ID = "KEY1234567"
+APPLE_ISSUER_ID = "57246542-96fe-1a63-e053-0824d011072a"
 
 
 @pytest.fixture(scope="session")
@@ -83,6 +88,44 @@ def app(settings: Settings, clock: FakeClock) -> Iterator[RunningApp]:
     with serve_in_thread(services, ADMIN_TOKEN) as running:
         yield running
     services.close()
+
+
+@pytest.fixture(scope="session")
+def apple_api_key(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[ec.EllipticCurvePrivateKey, Path]:
+    """The App Store Server API key (.p8) the service signs its API tokens with."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    path = tmp_path_factory.mktemp("keys") / "AuthKey_TEST.p8"
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    return key, path
+
+
+@pytest.fixture
+def fake_appstore(
+    apple_ca: AppleTestCA, apple_api_key: tuple[ec.EllipticCurvePrivateKey, Path]
+) -> Iterator[FakeAppStore]:
+    """A running fake App Store Server API; the test fails if anything forbidden was called."""
+    with FakeAppStore(apple_ca, BUNDLE_ID, api_public_key=apple_api_key[0].public_key(),
+                      key_id=APPLE_KEY_ID, issuer_id=APPLE_ISSUER_ID,
+                      app_apple_id=APP_APPLE_ID, history_max_age_days=None) as fake:
+        yield fake
+        fake.assert_clean()
+
+
+@pytest.fixture
+def apple_api_settings(
+    fake_appstore: FakeAppStore, apple_api_key: tuple[ec.EllipticCurvePrivateKey, Path]
+) -> dict[str, Any]:
+    """Settings overrides that point the service's App Store API client at the fake."""
+    return {
+        "apple_key_id": APPLE_KEY_ID,
+        "apple_issuer_id": APPLE_ISSUER_ID,
+        "apple_private_key_path": apple_api_key[1],
+        "apple_api_base_url": fake_appstore.url,
+    }
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,136 @@
+"""The App Store Server API, narrowed to the calls this service makes, rate limited, retried.
+
+Apple has no API that cancels, refunds or revokes an ordinary subscription; this class exposes
+reads and the consumption answer only (and nothing that extends renewal dates: that gives time
+away). Every outbound Apple call of the service lives here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from appstoreserverlibrary.api_client import APIError, APIException, AppStoreServerAPIClient
+from appstoreserverlibrary.models.ConsumptionRequest import ConsumptionRequest
+from appstoreserverlibrary.models.Environment import Environment
+from appstoreserverlibrary.models.NotificationHistoryRequest import NotificationHistoryRequest
+from appstoreserverlibrary.models.NotificationHistoryResponse import NotificationHistoryResponse
+from appstoreserverlibrary.models.StatusResponse import StatusResponse
+from requests import RequestException
+
+from reconcile.config import Settings
+from reconcile.ratelimit import TokenBucket
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+RETRYABLE_ERRORS = {
+    APIError.RATE_LIMIT_EXCEEDED,
+    APIError.GENERAL_INTERNAL_RETRYABLE,
+    APIError.ACCOUNT_NOT_FOUND_RETRYABLE,
+    APIError.APP_NOT_FOUND_RETRYABLE,
+    APIError.ORIGINAL_TRANSACTION_ID_NOT_FOUND_RETRYABLE,
+}
+
+
+class AppleApiError(Exception):
+    """An App Store Server API call failed; `transient` says whether trying later may work."""
+
+    def __init__(self, message: str, *, status: int | None, transient: bool) -> None:
+        super().__init__(message)
+        self.status = status
+        self.transient = transient
+
+
+def is_transient(error: Exception) -> bool:
+    if isinstance(error, APIException):
+        return error.http_status_code >= 500 or error.api_error in RETRYABLE_ERRORS
+    return isinstance(error, RequestException | OSError)
+
+
+class AppStoreApi:
+    """One library client per environment; reads statuses and history, answers consumption."""
+
+    def __init__(
+        self,
+        clients: dict[str, AppStoreServerAPIClient],
+        *,
+        calls_per_second: float = 50.0,
+        attempts: int = 4,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._clients = clients
+        self._bucket = TokenBucket(calls_per_second, sleep=sleep)
+        self._attempts = attempts
+        self._sleep = sleep
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AppStoreApi | None:
+        """The client the settings describe, or None when no API key is configured."""
+        key_path = settings.apple_private_key_path
+        if not (settings.apple_key_id and settings.apple_issuer_id and key_path
+                and settings.apple_bundle_id):
+            return None
+        signing_key = Path(key_path).read_bytes()
+        clients: dict[str, AppStoreServerAPIClient] = {}
+        for name in settings.apple_environments:
+            env = Environment.PRODUCTION if name == "production" else Environment.SANDBOX
+            client = AppStoreServerAPIClient(signing_key, settings.apple_key_id,
+                                             settings.apple_issuer_id, settings.apple_bundle_id,
+                                             env)
+            if settings.apple_api_base_url:
+                # Private in app-store-server-library 3.x; tests/test_apple_api.py pins it.
+                client._base_url = settings.apple_api_base_url.rstrip("/")
+            clients[name] = client
+        return cls(clients, calls_per_second=settings.apple_calls_per_second)
+
+    @property
+    def environments(self) -> list[str]:
+        return list(self._clients)
+
+    def subscription_statuses(self, environment: str, transaction_id: str) -> StatusResponse:
+        statuses: StatusResponse = self._call(
+            environment, "get_all_subscription_statuses", transaction_id
+        )
+        return statuses
+
+    def notification_history(
+        self, environment: str, request: NotificationHistoryRequest, page: str | None
+    ) -> NotificationHistoryResponse:
+        history: NotificationHistoryResponse = self._call(
+            environment, "get_notification_history", page, request
+        )
+        return history
+
+    def send_consumption(
+        self, environment: str, transaction_id: str, request: ConsumptionRequest
+    ) -> None:
+        self._call(environment, "send_consumption_information", transaction_id, request)
+
+    def _call(self, environment: str, method: str, *args: Any) -> Any:
+        client = self._clients.get(environment)
+        if client is None:
+            raise AppleApiError(f"no App Store API client for {environment}", status=None,
+                                transient=False)
+        for attempt in range(1, self._attempts + 1):
+            self._bucket.acquire()
+            try:
+                return getattr(client, method)(*args)
+            except (APIException, RequestException, OSError) as error:
+                status = error.http_status_code if isinstance(error, APIException) else None
+                transient = is_transient(error)
+                if not transient or attempt == self._attempts:
+                    raise AppleApiError(f"{method} failed: {_describe(error)}", status=status,
+                                        transient=transient) from error
+                log.warning("App Store API %s: %s; retrying", method, _describe(error))
+                self._sleep(min(30.0, 0.5 * 2**attempt))
+        raise AssertionError("unreachable")
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, APIException):
+        return f"HTTP {error.http_status_code} {error.api_error or error.raw_api_error or ''}"
+    return type(error).__name__

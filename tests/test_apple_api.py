@@ -1,0 +1,85 @@
+"""The service's App Store Server API client, over real HTTP against the fake App Store."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from appstoreserverlibrary.models.ConsumptionRequest import ConsumptionRequest
+from appstoreserverlibrary.models.DeliveryStatus import DeliveryStatus
+from appstoreserverlibrary.models.RefundPreference import RefundPreference
+
+from reconcile.channels.apple_api import AppleApiError, AppStoreApi
+from reconcile.config import Settings
+from tests.fakes.appstore import FakeAppStore, renewal_payload, transaction_payload
+from tests.support.apple_payloads import BUNDLE_ID
+
+
+def api(make_settings: Callable[..., Settings], overrides: dict[str, Any]) -> AppStoreApi:
+    client = AppStoreApi.from_settings(make_settings(**overrides))
+    assert client is not None
+    client._sleep = lambda _seconds: None
+    return client
+
+
+def test_base_url_override_reaches_the_fake(
+    make_settings: Callable[..., Settings], apple_api_settings: dict[str, Any],
+    fake_appstore: FakeAppStore,
+) -> None:
+    """RECONCILE_APPLE_API_BASE_URL sends calls to the configured host (the private attribute
+    the library keeps its base URL in still works)."""
+    tx = transaction_payload(original_transaction_id="5001", transaction_id="5001",
+                             bundle_id=BUNDLE_ID)
+    fake_appstore.add_subscription(tx, renewal_payload(original_transaction_id="5001"))
+    statuses = api(make_settings, apple_api_settings).subscription_statuses("sandbox", "5001")
+    assert statuses.data is not None
+    last = statuses.data[0].lastTransactions
+    assert last is not None
+    assert last[0].originalTransactionId == "5001"
+    assert [c.path for c in fake_appstore.calls] == ["/inApps/v1/subscriptions/5001"]
+
+
+def test_no_key_means_no_client(make_settings: Callable[..., Settings]) -> None:
+    """Without an API key configured the service makes no Apple API calls at all."""
+    assert AppStoreApi.from_settings(make_settings()) is None
+
+
+def test_rate_limit_is_retried(
+    make_settings: Callable[..., Settings], apple_api_settings: dict[str, Any],
+    fake_appstore: FakeAppStore,
+) -> None:
+    """A 429 is retried with backoff and the call then succeeds."""
+    tx = transaction_payload(original_transaction_id="5002", transaction_id="5002",
+                             bundle_id=BUNDLE_ID)
+    fake_appstore.add_subscription(tx, renewal_payload(original_transaction_id="5002"))
+    fake_appstore.fail_next("/inApps/v1/subscriptions", 429, times=2)
+    api(make_settings, apple_api_settings).subscription_statuses("sandbox", "5002")
+    assert len(fake_appstore.calls_to("/inApps/v1/subscriptions/5002")) == 3
+
+
+def test_unknown_transaction_is_permanent(
+    make_settings: Callable[..., Settings], apple_api_settings: dict[str, Any],
+    fake_appstore: FakeAppStore,
+) -> None:
+    """A 404 for an unknown id is not retried and is reported as permanent."""
+    with pytest.raises(AppleApiError) as raised:
+        api(make_settings, apple_api_settings).subscription_statuses("sandbox", "nope")
+    assert raised.value.status == 404
+    assert not raised.value.transient
+    assert len(fake_appstore.calls) == 1
+
+
+def test_consumption_answer_is_sent(
+    make_settings: Callable[..., Settings], apple_api_settings: dict[str, Any],
+    fake_appstore: FakeAppStore,
+) -> None:
+    """A consumption answer reaches Apple with consent and the decline preference."""
+    request = ConsumptionRequest(customerConsented=True, sampleContentProvided=False,
+                                 deliveryStatus=DeliveryStatus.DELIVERED,
+                                 refundPreference=RefundPreference.DECLINE)
+    api(make_settings, apple_api_settings).send_consumption("sandbox", "5003", request)
+    [(transaction_id, body)] = fake_appstore.consumption_requests
+    assert transaction_id == "5003"
+    assert body["customerConsented"] is True
+    assert body["refundPreference"] == "DECLINE"
