@@ -9,6 +9,7 @@ configurable age, pulls their retry forward and says so loudly; the same count i
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -42,23 +43,35 @@ class AcknowledgementJob:
     play: PlayClient
     batch_size: int = 50
     lease: timedelta = timedelta(seconds=60)
+    concurrency: int = 8
     name: str = "google-acknowledge"
+    _pool: ThreadPoolExecutor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=self.concurrency,
+                                        thread_name_prefix="play-ack")
 
     def run_once(self, now: datetime) -> int:
         due = self._claim(now)
-        for item in due:
-            try:
-                self._send(item)
-            except Exception as error:
-                if isinstance(error, PlayPermanentError) and self._already_done(item):
-                    self._record(item, now, None)
-                    continue
-                log.error("acknowledging Google purchase %s (%s) failed, attempt %d: %s",
-                          short(item.store_id), item.product_id, item.attempts + 1, error)
-                self._record(item, now, error)
-            else:
-                self._record(item, now, None)
+        if due:
+            outcomes = list(self._pool.map(self._attempt, due))
+            self._record(now, list(zip(due, outcomes, strict=True)))
         return len(due)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def _attempt(self, item: Due) -> Exception | None:
+        """Send one acknowledgement; None when Google has it, else what went wrong."""
+        try:
+            self._send(item)
+        except Exception as error:
+            if isinstance(error, PlayPermanentError) and self._already_done(item):
+                return None
+            log.error("acknowledging Google purchase %s (%s) failed, attempt %d: %s",
+                      short(item.store_id), item.product_id, item.attempts + 1, error)
+            return error
+        return None
 
     def _claim(self, now: datetime) -> list[Due]:
         with transaction(self.sessions) as session:
@@ -97,13 +110,18 @@ class AcknowledgementJob:
             return bool(product.get("consumptionState") == 1)
         return bool(product.get("acknowledgementState") == 1)
 
-    def _record(self, item: Due, now: datetime, error: Exception | None) -> None:
+    def _record(self, now: datetime, outcomes: list[tuple[Due, Exception | None]]) -> None:
         with transaction(self.sessions) as session:
-            row = session.get(Acknowledgement, ("google", item.store_id), with_for_update=True)
-            if row is None or row.acknowledged_at is not None:
-                return
-            row.attempts += 1
-            if error is None:
+            for item, error in outcomes:
+                row = session.get(Acknowledgement, ("google", item.store_id),
+                                  with_for_update=True)
+                if row is None or row.acknowledged_at is not None:
+                    continue
+                row.attempts += 1
+                if error is not None:
+                    row.last_error = f"{type(error).__name__}: {error}"[:2000]
+                    row.next_attempt_at = now + backoff(row.attempts)
+                    continue
                 row.acknowledged_at = now
                 row.last_error = None
                 if item.kind == "consumable":
@@ -112,9 +130,6 @@ class AcknowledgementJob:
                         .where(Purchase.channel == "google", Purchase.store_id == item.store_id)
                         .values(consumed=True, updated_at=now)
                     )
-            else:
-                row.last_error = f"{type(error).__name__}: {error}"[:2000]
-                row.next_attempt_at = now + backoff(row.attempts)
 
 
 @dataclass

@@ -41,6 +41,9 @@ class Services:
         google = self.processors.get("google")
         if isinstance(google, GoogleProcessor):
             google.close()
+        for job in self.jobs:
+            if isinstance(job, AcknowledgementJob):
+                job.close()
         if self.play is not None:
             self.play.close()
         self.engine.dispose()
@@ -76,8 +79,9 @@ def build_services(settings: Settings, *, clock: Clock = utcnow) -> Services:
     )
     if services.play is not None:
         # After the inbox job in each round: acknowledgements follow the stored entitlement.
-        services.jobs.append(AcknowledgementJob(sessions, services.play,
-                                                batch_size=settings.worker_batch_size))
+        services.jobs.append(AcknowledgementJob(
+            sessions, services.play, batch_size=settings.worker_batch_size,
+            concurrency=settings.google_read_concurrency))
     if settings.google_package_name:
         services.jobs.append(AcknowledgementWatchdog(
             sessions, age=timedelta(hours=settings.google_ack_watchdog_hours)))
