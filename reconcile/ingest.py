@@ -11,9 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from reconcile.chains import absorb, continued_by_account
 from reconcile.events import (
     AcknowledgementDue,
     ConsumptionRequested,
@@ -44,8 +45,6 @@ from reconcile.state import (
 
 # Apple wants a consumption answer within 12 hours of the request.
 CONSUMPTION_DEADLINE = timedelta(hours=12)
-# Statuses with which a new purchase token starts (or restarts) a subscription.
-CONTINUING_STATUSES = {Status.PENDING.value, Status.ACTIVE.value, Status.GRACE_PERIOD.value}
 
 
 @dataclass(frozen=True)
@@ -116,13 +115,13 @@ def apply_observation(
     if row is None and older:
         row = older[0]
     if row is None:
-        row = _continued_by_account(session, observation)
+        row = continued_by_account(session, observation)
     if row is None:
         row = _new_subscription(session, observation, now)
     else:
         for other in older:
             if other.id != row.id:
-                _absorb(session, row, other, now)
+                absorb(session, row, other, now)
         if observation.linked_store_ids or row.store_id != observation.store_id:
             known = set(session.scalars(
                 select(StoreId.store_id).where(StoreId.subscription_id == row.id)
@@ -168,52 +167,6 @@ def apply_observation(
     if changed and not after.auto_renew:
         confirm_cancellations(session, row, now)
     return Applied(row.id, changed)
-
-
-def _continued_by_account(session: Session, observation: Observation) -> Subscription | None:
-    """A Google resubscribe after expiry: a new token with no link, same account.
-
-    Google issues a fresh purchase token without `linkedPurchaseToken` when a customer buys
-    again after the old subscription ended; `obfuscatedExternalAccountId` is what ties it to
-    the account's subscription. Only an ended subscription is continued, so two subscriptions
-    the customer holds at once stay two.
-    """
-    account = observation.fields.get("account_id")
-    starts = observation.fields.get("status") in CONTINUING_STATUSES
-    if observation.channel is not Channel.GOOGLE or not account or not starts:
-        return None
-    return session.scalars(
-        select(Subscription)
-        .where(Subscription.channel == observation.channel.value,
-               Subscription.environment == observation.environment,
-               Subscription.account_id == account,
-               Subscription.status.in_((Status.EXPIRED.value, Status.REVOKED.value)))
-        .order_by(Subscription.last_event_at.desc(), Subscription.id)
-        .limit(1)
-        .with_for_update()
-    ).first()
-
-
-def _absorb(session: Session, survivor: Subscription, older: Subscription, now: datetime) -> None:
-    """Fold a subscription built from an older link of the same chain into `survivor`.
-
-    Notifications arrive unordered: C (linking B) can come before A, which then starts a
-    subscription of its own, until B (linking A) shows they are one chain. The survivor holds
-    the newest token, so its state stands; the older one's history moves over.
-    """
-    for model in (StoreId, SubscriptionEvent, Refund, OutboxEntry):
-        session.execute(
-            update(model).where(model.subscription_id == older.id)
-            .values(subscription_id=survivor.id)
-        )
-    session.add(SubscriptionEvent(
-        subscription_id=survivor.id, source="ingest", kind="merged", store_time=None,
-        recorded_at=now, applied=False, inbox_id=None,
-        detail={"merged_subscription_id": older.id, "store_id": older.store_id},
-    ))
-    session.flush()
-    session.delete(older)
-    session.flush()
 
 
 def _keep_revocation(
