@@ -143,7 +143,12 @@ def apply_observation(
         # overwrite the subscription that continues under the newer token.
         observation = replace(observation, fields={})
     observation = _keep_revocation(before, row.expires_at, observation)
-    after = apply(before, observation)
+    base = before
+    if newest_token and row.store_id != observation.store_id:
+        # The subscription moves to a newer token: what the older token said no longer counts,
+        # even when it was read later (a worker that lost a race applies an earlier read).
+        base = replace(before, clock={})
+    after = apply(base, observation)
     if newest_token and row.store_id != observation.store_id:
         row.store_id = observation.store_id
     changed = after != before
