@@ -9,6 +9,8 @@ from sqlalchemy import select
 
 from reconcile.models import InboxEntry
 from tests.fakes.play import FakePlay, subscription_purchase
+from tests.support.apple_ca import AppleTestCA
+from tests.support.apple_payloads import sign_notification
 from tests.support.google import Pusher, subscription_notification, voided_notification
 from tests.support.server import FakeClock, RunningApp
 
@@ -349,3 +351,28 @@ def test_transient_errors_are_retried(
     clock.advance(minutes=5)
     google_app.drain()
     assert s.inbox()[-1].status == "processed"
+
+
+def test_apple_and_google_side_by_side(
+    google_app: RunningApp, pusher: Pusher, fake_play: FakePlay, clock: FakeClock,
+    apple_ca: AppleTestCA,
+) -> None:
+    """One account's Apple and Google subscriptions share the tables and the admin API."""
+    s = story(google_app, pusher, fake_play, clock)
+    s.step("G", PURCHASED)
+    at = int(clock.now.timestamp() * 1000)
+    apple = sign_notification(apple_ca, {
+        "notificationType": "SUBSCRIBED", "subtype": "INITIAL_BUY",
+        "notificationUUID": "5e5e5e5e-0000-4000-8000-000000000001", "signedDate": at,
+        "data": {"status": 1, "transaction": {
+            "originalTransactionId": "7001", "transactionId": "7001", "productId": "phone.monthly",
+            "purchaseDate": at, "expiresDate": at + 30 * 86_400_000, "appAccountToken": ACCOUNT,
+            "type": "Auto-Renewable Subscription"}},
+    })
+    assert google_app.client.post("/webhooks/apple",
+                                  json={"signedPayload": apple}).status_code == 200
+    google_app.drain()
+    account = google_app.client.get(f"/v1/accounts/{ACCOUNT}").json()
+    assert account["entitled"] is True
+    assert sorted((sub["channel"], sub["store_id"]) for sub in account["subscriptions"]) == [
+        ("apple", "7001"), ("google", "G")]
