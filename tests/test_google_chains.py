@@ -43,8 +43,9 @@ def apply_all(sessions: sessionmaker[Session], *outcomes: Normalised) -> None:
 
 
 def subscriptions(sessions: sessionmaker[Session]) -> list[tuple[str, str, list[str]]]:
+    """(store_id, status, store_ids) of every subscription, by store_id."""
     with sessions() as session:
-        rows = list(session.scalars(select(Subscription).order_by(Subscription.created_at)))
+        rows = list(session.scalars(select(Subscription).order_by(Subscription.store_id)))
         return [(row.store_id, row.status, sorted(session.scalars(
             select(StoreId.store_id).where(StoreId.subscription_id == row.id)))) for row in rows]
 
