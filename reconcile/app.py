@@ -8,7 +8,14 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from reconcile.api import accounts, health, reconciliations, refunds, subscriptions
+from reconcile.api import (
+    accounts,
+    acknowledgements,
+    health,
+    reconciliations,
+    refunds,
+    subscriptions,
+)
 from reconcile.api.deps import require_admin
 from reconcile.errors import DomainError
 from reconcile.services import Services
@@ -38,6 +45,7 @@ def create_app(services: Services, *, run_worker: bool = True) -> FastAPI:
     app.include_router(accounts.router, dependencies=admin)
     app.include_router(refunds.router, dependencies=admin)
     app.include_router(reconciliations.router, dependencies=admin)
+    app.include_router(acknowledgements.router, dependencies=admin)
 
     @app.exception_handler(DomainError)
     async def domain_error(_request: Request, error: DomainError) -> JSONResponse:

@@ -107,9 +107,11 @@ def run(
         finished = load_run(session, run_id)
         kinds = summary(session, run_id)
         details = discrepancies_of(session, run_id)[:DETAIL_ROWS]
-    if not dry_run and kinds.get("missing_here", (0, 0))[1]:
-        # Recovered notifications are in the inbox: apply them now, as the worker would.
-        Worker([job for job in services.jobs if job.name == "inbox"], clock=services.clock).drain()
+    if not dry_run:
+        # Recovered notifications wait in the inbox, purchases to acknowledge in their queue:
+        # see to them now, as the worker would (other runs are left to the worker).
+        Worker([job for job in services.jobs if job.name != "reconcile"],
+               clock=services.clock).drain()
     _report(console, finished, total, kinds, details)
     services.close()
     raise typer.Exit(0 if finished.status == "done" else 1)

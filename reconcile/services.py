@@ -10,17 +10,23 @@ from datetime import timedelta
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from reconcile.acknowledgements import AcknowledgementJob, AcknowledgementWatchdog
 from reconcile.channels.apple import AppleProcessor
 from reconcile.channels.apple_api import AppStoreApi
 from reconcile.channels.apple_truth import AppleTruth
+from reconcile.channels.google import GoogleProcessor
+from reconcile.channels.google_play import PlayClient
+from reconcile.channels.google_truth import GoogleTruth
 from reconcile.config import Settings
 from reconcile.db import make_engine, make_sessionmaker
 from reconcile.metrics import Metrics
+from reconcile.ratelimit import RateLimiter
 from reconcile.reconciliation.job import ReconcileJob
 from reconcile.reconciliation.runner import Reconciler
 from reconcile.reconciliation.sources import TruthSource
 from reconcile.worker import Clock, InboxJob, Job, Processor, Worker, utcnow, worker_id
 from webhooks.apple import AppleVerifier, load_certificate
+from webhooks.google import PushAuthenticator
 
 
 @dataclass
@@ -33,6 +39,8 @@ class Services:
     apple: AppleVerifier | None
     reconciler: Reconciler
     apple_api: AppStoreApi | None = None
+    google_push: PushAuthenticator | None = None
+    play: PlayClient | None = None
     processors: dict[str, Processor] = field(default_factory=dict)
     truth: dict[str, TruthSource] = field(default_factory=dict)
     jobs: list[Job] = field(default_factory=list)
@@ -41,6 +49,14 @@ class Services:
         return Worker(self.jobs, clock=self.clock, poll_seconds=self.settings.worker_poll_seconds)
 
     def close(self) -> None:
+        google = self.processors.get("google")
+        if isinstance(google, GoogleProcessor):
+            google.close()
+        for job in self.jobs:
+            if isinstance(job, AcknowledgementJob):
+                job.close()
+        if self.play is not None:
+            self.play.close()
         self.engine.dispose()
 
 
@@ -61,12 +77,20 @@ def build_services(
         settings=settings, engine=engine, sessions=sessions, clock=clock, metrics=metrics,
         apple=build_apple_verifier(settings), reconciler=reconciler, truth=truth,
         apple_api=AppStoreApi.from_settings(settings, sleep=sleep),
+        google_push=build_push_authenticator(settings), play=build_play_client(settings),
     )
     if services.apple is not None:
         services.processors["apple"] = AppleProcessor(services.apple)
         if services.apple_api is not None:
             truth["apple"] = AppleTruth(services.apple_api, services.apple,
                                         history_days=settings.reconcile_history_days)
+    if services.play is not None and settings.google_package_name:
+        services.processors["google"] = GoogleProcessor(
+            services.play, settings.google_package_name,
+            consumables=settings.google_consumable_products,
+            concurrency=settings.google_read_concurrency,
+        )
+        truth["google"] = GoogleTruth(services.play, settings.google_package_name)
     services.jobs.append(
         InboxJob(
             sessions=sessions,
@@ -77,11 +101,41 @@ def build_services(
             max_attempts=settings.worker_max_attempts,
         )
     )
+    if services.play is not None:
+        # After the inbox job in each round: acknowledgements follow the stored entitlement.
+        services.jobs.append(AcknowledgementJob(
+            sessions, services.play, batch_size=settings.worker_batch_size,
+            concurrency=settings.google_read_concurrency))
+    if settings.google_package_name:
+        services.jobs.append(AcknowledgementWatchdog(
+            sessions, age=timedelta(hours=settings.google_ack_watchdog_hours)))
     interval = settings.reconcile_interval_minutes
     services.jobs.append(
         ReconcileJob(reconciler, timedelta(minutes=interval) if interval > 0 else None)
     )
     return services
+
+
+def build_push_authenticator(settings: Settings) -> PushAuthenticator | None:
+    """None unless the expected audience and sender are configured: then every push is 401."""
+    if not (settings.google_package_name and settings.google_push_audience
+            and settings.google_push_service_account):
+        return None
+    return PushAuthenticator(settings.google_push_audience, settings.google_push_service_account,
+                             settings.google_oidc_certs_url)
+
+
+def build_play_client(settings: Settings) -> PlayClient | None:
+    if not (settings.google_package_name and settings.google_service_account_file):
+        return None
+    return PlayClient.from_key_file(
+        settings.google_package_name, settings.google_service_account_file,
+        api_endpoint=settings.google_api_endpoint,
+        limiter=RateLimiter(settings.google_calls_per_minute),
+        retries=settings.google_api_retries,
+        backoff_seconds=settings.google_api_backoff_seconds,
+        timeout_seconds=settings.google_api_timeout_seconds,
+    )
 
 
 def build_apple_verifier(settings: Settings) -> AppleVerifier | None:

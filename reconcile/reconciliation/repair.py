@@ -16,11 +16,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from reconcile.events import Normalised
-from reconcile.ingest import ingest, to_state
+from reconcile.ingest import as_applied, ingest, to_state
 from reconcile.models import Acknowledgement, Refund, Subscription
 from reconcile.reconciliation.drift import changes, describe, drift
 from reconcile.reconciliation.sources import Fetched, Finding, Target
-from reconcile.state import SubscriptionState
+from reconcile.state import Status, SubscriptionState
+
+ENDED = (Status.EXPIRED, Status.REVOKED)
 
 
 @dataclass
@@ -39,15 +41,19 @@ def settle(
     target = fetched.target
     if fetched.error is not None:
         return Settled(checked=False, error=f"{target.channel} {target.store_id}: {fetched.error}")
+    here = to_state(snapshot)
     if fetched.unknown:
+        if fetched.gone and here.status in ENDED:
+            return Settled()  # ended here too: the store has simply forgotten it
         # Reported, never repaired: the store forgetting a subscription is for a person to judge.
-        ours = describe(to_state(snapshot))
-        return Settled([_finding(target, "unknown_at_store", ours, None)])
+        return Settled([_finding(target, "unknown_at_store", describe(here), fetched.note)])
+    if fetched.missing is not None:
+        return Settled([_finding(target, "missing_here", describe(here), fetched.missing)])
     outcome = fetched.outcome
     if outcome is None:
         return Settled()
-    findings = preview(session, to_state(snapshot), outcome, target)
-    if dry_run or not (findings or _changes(to_state(snapshot), outcome)):
+    findings = preview(session, here, outcome, target)
+    if dry_run or not (findings or _changes(here, outcome)):
         return Settled(findings)
     try:
         with session.begin_nested():
@@ -74,7 +80,7 @@ def preview(
     """Every discrepancy `outcome` reveals against `here`, without changing anything."""
     findings = []
     if outcome.subscription is not None:
-        for kind, ours, theirs in drift(here, outcome.subscription):
+        for kind, ours, theirs in drift(here, as_applied(here, outcome.subscription)):
             findings.append(_finding(target, kind, ours, theirs))
     refund = outcome.refund
     if refund is not None and not refund.reversed:
@@ -100,7 +106,8 @@ def preview(
 
 
 def _changes(here: SubscriptionState, outcome: Normalised) -> bool:
-    return outcome.subscription is not None and changes(here, outcome.subscription)
+    truth = outcome.subscription
+    return truth is not None and changes(here, as_applied(here, truth))
 
 
 def _hurry_acknowledgement(session: Session, outcome: Normalised, now: datetime) -> None:

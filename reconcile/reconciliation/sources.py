@@ -35,6 +35,11 @@ class Fetched:
     target: Target
     outcome: Normalised | None = None
     unknown: bool = False
+    # Unknown because it ended long ago (Google forgets purchases 60 days after expiry).
+    gone: bool = False
+    # The store knows of a newer purchase continuing this one that we never heard of.
+    missing: str | None = None
+    note: str | None = None
     error: str | None = None
 
 
