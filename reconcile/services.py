@@ -49,6 +49,7 @@ class Services:
         return Worker(self.jobs, clock=self.clock, poll_seconds=self.settings.worker_poll_seconds)
 
     def close(self) -> None:
+        self.reconciler.close()
         google = self.processors.get("google")
         if isinstance(google, GoogleProcessor):
             google.close()

@@ -191,3 +191,17 @@ def test_play_faults_are_retried_then_reported(customer: Customer) -> None:
     assert (report["status"], report["errors"], report["discrepancies"]) == ("failed", 1, [])
     assert "subscriptionsv2.get" in report["failures"][0]
     assert customer.now_is(sub)["status"] == "billing_retry"
+
+
+def test_runs_reuse_their_play_connections(customer: Customer) -> None:
+    """Reconciliation's threads live as long as the service, so the Play client's per-thread
+    connections are built once, not again every worker round."""
+    customer.bought()
+    reconcile(customer.app)
+    play = customer.app.services.play
+    assert play is not None
+    built = len(play._built)
+    for _ in range(3):
+        customer.clock.advance(minutes=1)
+        reconcile(customer.app)
+    assert len(play._built) == built

@@ -192,6 +192,7 @@ def test_killed_run_resumes_from_its_checkpoint(
     assert sorted(d["store_id"] for d in report["discrepancies"]) == ids
     assert len(fake_appstore.calls_to("/inApps/v1/subscriptions/")) == 5
     assert crashed.advance(run_id, clock) == 0  # the old holder cannot write any more
+    crashed.close()
 
 
 def test_urgent_subscriptions_are_checked_first(

@@ -11,6 +11,7 @@ settled, so the store's rate limit, not the database, sets the pace.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -63,6 +64,23 @@ class Reconciler:
         self.lease = Lease(owner, lease)
         self.concurrency = concurrency
         self.page_size = page_size
+        # One pool for the Reconciler's life: store clients keep per-thread connections
+        # (httplib2 for Google), which a pool per round would rebuild every time.
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _threads(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.concurrency,
+                                                thread_name_prefix="reconcile")
+            return self._pool
 
     # Starting and claiming
 
@@ -117,23 +135,23 @@ class Reconciler:
     ) -> int:
         """Work on a claimed run until it ends or `max_pages` pages are done; items handled."""
         handled = pages = 0
+        pool = self._threads()
         try:
-            with ThreadPoolExecutor(self.concurrency, thread_name_prefix="reconcile") as pool:
-                while max_pages is None or pages < max_pages:
-                    run = self.lease.view(self.sessions, run_id)
-                    if run is None:
-                        break
-                    phase = run.phase
-                    if phase is None:
-                        self.lease.end(self.sessions, run_id, clock())
-                        break
-                    budget = None if max_pages is None else max_pages - pages
-                    if phase in SUBSCRIPTION_PHASES:
-                        done, used = self._subscriptions(pool, run, clock, budget, progress)
-                    else:
-                        done, used = self._sweep(run, self._sweeps()[phase], clock())
-                    handled += done
-                    pages += used
+            while max_pages is None or pages < max_pages:
+                run = self.lease.view(self.sessions, run_id)
+                if run is None:
+                    break
+                phase = run.phase
+                if phase is None:
+                    self.lease.end(self.sessions, run_id, clock())
+                    break
+                budget = None if max_pages is None else max_pages - pages
+                if phase in SUBSCRIPTION_PHASES:
+                    done, used = self._subscriptions(pool, run, clock, budget, progress)
+                else:
+                    done, used = self._sweep(run, self._sweeps()[phase], clock())
+                handled += done
+                pages += used
         except Exception as error:
             log.exception("reconciliation %s failed", run_id)
             self.lease.end(self.sessions, run_id, clock(), f"{type(error).__name__}: {error}")
