@@ -19,6 +19,7 @@ from reconcile.ratelimit import RateLimiter
 from reconcile.worker import Clock, InboxJob, Job, Processor, Worker, utcnow, worker_id
 from webhooks.apple import AppleVerifier, load_certificate
 from webhooks.google import PushAuthenticator
+from webhooks.intake import Intake
 
 
 @dataclass
@@ -33,11 +34,16 @@ class Services:
     play: PlayClient | None = None
     processors: dict[str, Processor] = field(default_factory=dict)
     jobs: list[Job] = field(default_factory=list)
+    intake: Intake = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.intake = Intake(self.sessions)
 
     def worker(self) -> Worker:
         return Worker(self.jobs, clock=self.clock, poll_seconds=self.settings.worker_poll_seconds)
 
     def close(self) -> None:
+        self.intake.close()
         google = self.processors.get("google")
         if isinstance(google, GoogleProcessor):
             google.close()

@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session
 from reconcile.services import Services
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # async: FastAPI would otherwise hop to a worker thread just to read an attribute.
     services: Services = request.app.state.services
     return services
 
