@@ -8,7 +8,15 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from reconcile.api import accounts, health, refunds, subscriptions
+from reconcile.api import (
+    account_actions,
+    accounts,
+    actions,
+    health,
+    portal,
+    refunds,
+    subscriptions,
+)
 from reconcile.api.deps import require_admin
 from reconcile.errors import DomainError
 from reconcile.services import Services
@@ -37,6 +45,9 @@ def create_app(services: Services, *, run_worker: bool = True) -> FastAPI:
     app.include_router(subscriptions.router, dependencies=admin)
     app.include_router(accounts.router, dependencies=admin)
     app.include_router(refunds.router, dependencies=admin)
+    app.include_router(actions.router, dependencies=admin)
+    app.include_router(account_actions.router, dependencies=admin)
+    app.include_router(portal.router, dependencies=admin)
 
     @app.exception_handler(DomainError)
     async def domain_error(_request: Request, error: DomainError) -> JSONResponse:

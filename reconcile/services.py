@@ -8,8 +8,12 @@ from datetime import timedelta
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from reconcile.cancellation import Canceller, default_cancellers
 from reconcile.channels.apple import AppleProcessor
+from reconcile.channels.apple_api import AppStoreApi
+from reconcile.channels.portal import PortalExpiryJob
 from reconcile.config import Settings
+from reconcile.consumption import ConsumptionJob
 from reconcile.db import make_engine, make_sessionmaker
 from reconcile.metrics import Metrics
 from reconcile.worker import Clock, InboxJob, Job, Processor, Worker, utcnow, worker_id
@@ -24,8 +28,11 @@ class Services:
     clock: Clock
     metrics: Metrics
     apple: AppleVerifier | None
+    apple_api: AppStoreApi | None = None
     processors: dict[str, Processor] = field(default_factory=dict)
     jobs: list[Job] = field(default_factory=list)
+    # What a cancellation or plan change means on each channel (reconcile.cancellation).
+    cancellers: dict[str, Canceller] = field(default_factory=dict)
 
     def worker(self) -> Worker:
         return Worker(self.jobs, clock=self.clock, poll_seconds=self.settings.worker_poll_seconds)
@@ -41,7 +48,8 @@ def build_services(settings: Settings, *, clock: Clock = utcnow) -> Services:
     metrics = Metrics(sessions, clock, settings.google_ack_watchdog_hours)
     services = Services(
         settings=settings, engine=engine, sessions=sessions, clock=clock, metrics=metrics,
-        apple=build_apple_verifier(settings),
+        apple=build_apple_verifier(settings), apple_api=AppStoreApi.from_settings(settings),
+        cancellers=default_cancellers(settings.google_package_name),
     )
     if services.apple is not None:
         services.processors["apple"] = AppleProcessor(services.apple)
@@ -55,6 +63,11 @@ def build_services(settings: Settings, *, clock: Clock = utcnow) -> Services:
             max_attempts=settings.worker_max_attempts,
         )
     )
+    services.jobs.append(
+        ConsumptionJob(sessions=sessions, api=services.apple_api, owner=worker_id(),
+                       max_attempts=settings.worker_max_attempts)
+    )
+    services.jobs.append(PortalExpiryJob(sessions=sessions))
     return services
 
 

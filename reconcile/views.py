@@ -48,13 +48,14 @@ def present(session: Session, rows: Sequence[Subscription], now: datetime) -> li
         .order_by(StoreId.created_at, StoreId.store_id)
     ):
         store_ids[sub_id].append(store_id)
-    cancellations: dict[str, OutboxEntry] = {}
+    newest: dict[tuple[str, str], OutboxEntry] = {}
     for entry in session.scalars(
         select(OutboxEntry)
-        .where(OutboxEntry.subscription_id.in_(ids), OutboxEntry.kind == "cancel")
+        .where(OutboxEntry.subscription_id.in_(ids),
+               OutboxEntry.kind.in_(("cancel", "change_plan")))
         .order_by(OutboxEntry.id)
     ):
-        cancellations[entry.subscription_id or ""] = entry
+        newest[(entry.kind, entry.subscription_id or "")] = entry
     accounts = {row.account_id for row in rows if row.account_id}
     blocked = set(
         session.scalars(
@@ -64,8 +65,9 @@ def present(session: Session, rows: Sequence[Subscription], now: datetime) -> li
         )
     )
     return [
-        subscription_json(row, store_ids[row.id], cancellations.get(row.id),
-                          row.account_id in blocked, now)
+        subscription_json(row, store_ids[row.id], newest.get(("cancel", row.id)),
+                          row.account_id in blocked, now,
+                          plan_change=newest.get(("change_plan", row.id)))
         for row in rows
     ]
 
@@ -76,8 +78,11 @@ def subscription_json(
     cancellation: OutboxEntry | None,
     blocked: bool,
     now: datetime,
+    plan_change: OutboxEntry | None = None,
 ) -> dict[str, Any]:
     status = Status(row.status)
+    if cancellation is not None and cancellation.state == "confirmed" and row.auto_renew:
+        cancellation = None  # renewal was switched back on after the cancellation took effect
     return {
         "id": row.id,
         "channel": row.channel,
@@ -93,6 +98,7 @@ def subscription_json(
         "expires_at": iso(row.expires_at),
         "grace_expires_at": iso(row.grace_expires_at),
         "cancellation": cancellation_json(cancellation),
+        "plan_change": plan_change_json(plan_change),
         "last_event_at": iso(row.last_event_at),
         "updated_at": iso(row.updated_at),
     }
@@ -103,6 +109,20 @@ def cancellation_json(entry: OutboxEntry | None) -> dict[str, Any] | None:
         return None
     return {
         "reason": entry.reason,
+        "state": CANCELLATION_STATES.get(entry.state, entry.state),
+        "requested_at": iso(entry.created_at),
+        "manage_url": (entry.payload or {}).get("manage_url"),
+        "note": entry.note,
+        "failure": entry.error if entry.state == "failed" else None,
+    }
+
+
+def plan_change_json(entry: OutboxEntry | None) -> dict[str, Any] | None:
+    """The newest plan change asked for: what renews next, and who has to act."""
+    if entry is None:
+        return None
+    return {
+        "product_id": (entry.payload or {}).get("product_id"),
         "state": CANCELLATION_STATES.get(entry.state, entry.state),
         "requested_at": iso(entry.created_at),
         "manage_url": (entry.payload or {}).get("manage_url"),
@@ -155,4 +175,38 @@ def purchase_json(row: Purchase, blocked: bool) -> dict[str, Any]:
         "consumed": row.consumed,
         "purchased_at": iso(row.purchased_at),
         "revoked_at": iso(row.revoked_at),
+    }
+
+
+def account_document(session: Session, account_id: str, now: datetime) -> dict[str, Any] | None:
+    """An account's entitlement, block, consent, usage, subscriptions and purchases; None when
+    the service knows nothing of it."""
+    subs = list(
+        session.scalars(
+            select(Subscription).where(Subscription.account_id == account_id)
+            .order_by(Subscription.created_at, Subscription.id)
+        )
+    )
+    purchases = list(
+        session.scalars(
+            select(Purchase).where(Purchase.account_id == account_id)
+            .order_by(Purchase.created_at, Purchase.id)
+        )
+    )
+    row = session.get(Account, account_id)
+    if row is None and not subs and not purchases:
+        return None
+    blocked = row is not None and row.blocked_at is not None
+    items = present(session, subs, now)
+    purchase_items = [purchase_json(p, blocked) for p in purchases]
+    return {
+        "account_id": account_id,
+        "entitled": any(s["entitled"] for s in items),
+        "blocked": None if row is None or row.blocked_at is None
+        else {"at": iso(row.blocked_at), "reason": row.block_reason},
+        "consumption_data_consent": bool(row and row.consumption_consent),
+        "usage": {"credits_purchased": row.credits_purchased if row else 0,
+                  "credits_used": row.credits_used if row else 0},
+        "subscriptions": items,
+        "purchases": purchase_items,
     }
