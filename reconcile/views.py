@@ -26,9 +26,12 @@ def encode_cursor(value: str) -> str:
 
 def decode_cursor(cursor: str) -> str:
     try:
-        return base64.urlsafe_b64decode(cursor.encode()).decode()
+        value = base64.b64decode(cursor.encode(), altchars=b"-_", validate=True).decode()
     except (ValueError, UnicodeDecodeError) as error:
         raise ValueError("malformed cursor") from error
+    if not value:
+        raise ValueError("malformed cursor")
+    return value
 
 
 def is_blocked(session: Session, account_id: str | None) -> bool:
