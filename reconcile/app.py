@@ -45,6 +45,7 @@ def create_app(services: Services, *, run_worker: bool = True) -> FastAPI:
     app.include_router(subscriptions.router, dependencies=admin)
     app.include_router(accounts.router, dependencies=admin)
     app.include_router(refunds.router, dependencies=admin)
+    app.include_router(refunds.requests_router, dependencies=admin)
     app.include_router(actions.router, dependencies=admin)
     app.include_router(account_actions.router, dependencies=admin)
     app.include_router(portal.router, dependencies=admin)

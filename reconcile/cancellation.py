@@ -192,15 +192,17 @@ def change_plan(
     now: datetime,
     cancellers: Mapping[str, Canceller],
 ) -> OutboxEntry | None:
-    """Make `product_id` what renews next; None when it already is (nothing changes)."""
+    """Make `product_id` what renews next. Asking again for the same product answers the
+    standing request; None when it renews already without any request (nothing changes)."""
     if has_ended(row, now):
         raise NotRenewing(row.id, f"has ended ({_ended_status(row, now)})")
+    renews = (row.renewal_product_id or row.product_id) == product_id
     current = latest(session, "change_plan", row.id)
     if current is not None and current.payload.get("product_id") == product_id and (
-        current.state in IN_FLIGHT
+        current.state in IN_FLIGHT or renews
     ):
         return current
-    if (row.renewal_product_id or row.product_id) == product_id:
+    if renews:
         return None
     entry = _new_entry(session, row, "change_plan", now, reason="admin", note=None,
                        payload={"product_id": product_id, "from_product_id": row.product_id})

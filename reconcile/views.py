@@ -51,14 +51,13 @@ def present(session: Session, rows: Sequence[Subscription], now: datetime) -> li
         .order_by(StoreId.created_at, StoreId.store_id)
     ):
         store_ids[sub_id].append(store_id)
-    newest: dict[tuple[str, str], OutboxEntry] = {}
+    cancellations: dict[str, OutboxEntry] = {}
     for entry in session.scalars(
         select(OutboxEntry)
-        .where(OutboxEntry.subscription_id.in_(ids),
-               OutboxEntry.kind.in_(("cancel", "change_plan")))
+        .where(OutboxEntry.subscription_id.in_(ids), OutboxEntry.kind == "cancel")
         .order_by(OutboxEntry.id)
     ):
-        newest[(entry.kind, entry.subscription_id or "")] = entry
+        cancellations[entry.subscription_id or ""] = entry
     accounts = {row.account_id for row in rows if row.account_id}
     blocked = set(
         session.scalars(
@@ -68,9 +67,8 @@ def present(session: Session, rows: Sequence[Subscription], now: datetime) -> li
         )
     )
     return [
-        subscription_json(row, store_ids[row.id], newest.get(("cancel", row.id)),
-                          row.account_id in blocked, now,
-                          plan_change=newest.get(("change_plan", row.id)))
+        subscription_json(row, store_ids[row.id], cancellations.get(row.id),
+                          row.account_id in blocked, now)
         for row in rows
     ]
 
@@ -81,7 +79,6 @@ def subscription_json(
     cancellation: OutboxEntry | None,
     blocked: bool,
     now: datetime,
-    plan_change: OutboxEntry | None = None,
 ) -> dict[str, Any]:
     status = Status(row.status)
     if cancellation is not None and cancellation.state == "confirmed" and row.auto_renew:
@@ -101,7 +98,6 @@ def subscription_json(
         "expires_at": iso(row.expires_at),
         "grace_expires_at": iso(row.grace_expires_at),
         "cancellation": cancellation_json(cancellation),
-        "plan_change": plan_change_json(plan_change),
         "last_event_at": iso(row.last_event_at),
         "updated_at": iso(row.updated_at),
     }
@@ -115,20 +111,28 @@ def cancellation_json(entry: OutboxEntry | None) -> dict[str, Any] | None:
         "state": CANCELLATION_STATES.get(entry.state, entry.state),
         "requested_at": iso(entry.created_at),
         "manage_url": (entry.payload or {}).get("manage_url"),
-        "note": entry.note,
-        "failure": entry.error if entry.state == "failed" else None,
     }
 
 
-def plan_change_json(entry: OutboxEntry | None) -> dict[str, Any] | None:
-    """The newest plan change asked for: what renews next, and who has to act."""
-    if entry is None:
-        return None
+def request_json(entry: OutboxEntry) -> dict[str, Any]:
+    """One cancellation or plan change asked of a channel, with everything known about it."""
+    payload = entry.payload or {}
     return {
-        "product_id": (entry.payload or {}).get("product_id"),
+        "id": entry.id,
+        "kind": entry.kind,
+        "subscription_id": entry.subscription_id,
+        "channel": entry.channel,
+        "reason": entry.reason,
+        "note": entry.note,
+        "product_id": payload.get("product_id"),
         "state": CANCELLATION_STATES.get(entry.state, entry.state),
+        "manage_url": payload.get("manage_url"),
+        "cancellation_type": payload.get("cancellation_type"),
+        "failure": entry.error if entry.state == "failed" else None,
+        "attempts": entry.attempts,
         "requested_at": iso(entry.created_at),
-        "manage_url": (entry.payload or {}).get("manage_url"),
+        "sent_at": iso(entry.sent_at),
+        "confirmed_at": iso(entry.confirmed_at),
     }
 
 

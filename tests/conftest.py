@@ -116,3 +116,16 @@ def apple_api_settings(
         "apple_private_key_path": apple_api_key[1],
         "apple_api_base_url": fake_appstore.url,
     }
+
+
+@pytest.fixture
+def apple_app(
+    make_settings: Callable[..., Settings], apple_api_settings: dict[str, Any], clock: FakeClock
+) -> Iterator[RunningApp]:
+    """The service with its App Store Server API client pointed at the fake App Store (one
+    attempt per call, so the worker's own retry with backoff is what a test sees)."""
+    services = build_services(make_settings(**apple_api_settings, apple_api_attempts=1),
+                              clock=clock)
+    with serve_in_thread(services, ADMIN_TOKEN) as running:
+        yield running
+    services.close()
