@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,10 +37,28 @@ def make_engine(url: str) -> Engine:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
+        # SQLite has one writer at a time and its busy handler waits by sleeping (1 ms, then
+        # up to 100 ms), which wrecks latency under contention. Threads of this process take
+        # turns on a lock instead; other processes still meet the busy timeout.
+        write_lock = threading.Lock()
+
         @event.listens_for(engine, "begin")
         def _sqlite_begin(connection: Any) -> None:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            if not write_lock.acquire(timeout=30):
+                raise TimeoutError("SQLite write lock not available within 30 s")
+            connection.info["holds_write_lock"] = True
+            try:
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+            except BaseException:
+                _release(connection)
+                raise
 
+        def _release(connection: Any) -> None:
+            if connection.info.pop("holds_write_lock", False):
+                write_lock.release()
+
+        event.listen(engine, "commit", _release)
+        event.listen(engine, "rollback", _release)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
 

@@ -74,13 +74,22 @@ def ingest(
     return applied
 
 
-def find_subscription(session: Session, channel: str, store_id: str) -> Subscription | None:
-    """The subscription any of whose store identifiers is `store_id`."""
-    return session.scalars(
+def find_subscription(
+    session: Session, channel: str, store_id: str, *, lock: bool = False
+) -> Subscription | None:
+    """The subscription any of whose store identifiers is `store_id`.
+
+    With `lock`, the row is locked for this transaction (PostgreSQL: writers of one
+    subscription take turns; the version column catches anything else).
+    """
+    query = (
         select(Subscription)
         .join(StoreId, StoreId.subscription_id == Subscription.id)
         .where(StoreId.channel == channel, StoreId.store_id == store_id)
-    ).first()
+    )
+    if lock:
+        query = query.with_for_update(of=Subscription)
+    return session.scalars(query).first()
 
 
 def apply_observation(
@@ -92,30 +101,29 @@ def apply_observation(
     inbox_id: int | None = None,
 ) -> Applied:
     channel = observation.channel.value
-    row = find_subscription(session, channel, observation.store_id)
+    row = find_subscription(session, channel, observation.store_id, lock=True)
     newest_token = True
     if row is None:
         for linked in observation.linked_store_ids:
-            row = find_subscription(session, channel, linked)
+            row = find_subscription(session, channel, linked, lock=True)
             if row is not None:
                 break
     if row is None:
         row = _new_subscription(session, observation, now)
     else:
-        # Serialise writers of one subscription (PostgreSQL); the version column catches the rest.
-        session.refresh(row, with_for_update=True)
-        known = set(
-            session.scalars(select(StoreId.store_id).where(StoreId.subscription_id == row.id))
-        )
         # A token that an already-known token links to is older, not newer.
         newest_token = row.store_id in observation.linked_store_ids or row.store_id == (
             observation.store_id
         )
-        for store_id in (observation.store_id, *observation.linked_store_ids):
-            if store_id not in known:
-                session.add(StoreId(channel=channel, store_id=store_id,
-                                    subscription_id=row.id, created_at=now))
-                known.add(store_id)
+        if observation.linked_store_ids or row.store_id != observation.store_id:
+            known = set(session.scalars(
+                select(StoreId.store_id).where(StoreId.subscription_id == row.id)
+            ))
+            for store_id in (observation.store_id, *observation.linked_store_ids):
+                if store_id not in known:
+                    session.add(StoreId(channel=channel, store_id=store_id,
+                                        subscription_id=row.id, created_at=now))
+                    known.add(store_id)
     before = to_state(row)
     if not newest_token:
         # Facts about a replaced token (it went EXPIRED with replacementCancellation) must not
@@ -140,7 +148,7 @@ def apply_observation(
                     "fields": _jsonable(observation.fields)},
         )
     )
-    if after.account_id:
+    if after.account_id and after.account_id != before.account_id:
         ensure_account(session, after.account_id, now)
     if changed and not after.auto_renew:
         confirm_cancellations(session, row, now)

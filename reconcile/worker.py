@@ -98,8 +98,7 @@ class InboxJob:
                 except Exception as error:  # a processor bug must not stop the other channels
                     log.exception("processor %s failed", channel)
                     results = [error] * len(group)
-            for entry, result in zip(group, results, strict=True):
-                self._finish(entry, result, now)
+            self._finish_batch(list(zip(group, results, strict=True)), now)
         return len(entries)
 
     def _claim(self, now: datetime) -> list[InboxEntry]:
@@ -132,25 +131,55 @@ class InboxJob:
             session.expunge_all()
             return rows
 
-    def _finish(self, entry: InboxEntry, result: Normalised | Exception, now: datetime) -> None:
-        try:
-            with transaction(self.sessions) as session:
-                row = session.get(InboxEntry, entry.id, with_for_update=True)
-                if row is None or row.lease_owner != self.owner or row.status != "pending":
-                    return  # our lease ran out and another worker took it
-                row.lease_owner = None
-                row.lease_until = None
-                row.attempts += 1
-                if isinstance(result, Exception):
-                    self._failed(row, result, now)
-                    return
-                ingest(session, result, source=entry.channel, now=now, inbox_id=entry.id)
-                row.status = "processed"
-                row.processed_at = now
-                row.error = None
-        except Exception as error:
-            log.exception("applying inbox entry %s failed", entry.id)
-            self._record_failure(entry.id, error, now)
+    def _finish_batch(
+        self, batch: list[tuple[InboxEntry, Normalised | Exception]], now: datetime
+    ) -> None:
+        """Apply a whole batch in one transaction; if anything in it fails, one by one."""
+        if len(batch) > 1:
+            try:
+                with transaction(self.sessions) as session:
+                    rows = {
+                        row.id: row
+                        for row in session.scalars(
+                            select(InboxEntry)
+                            .where(InboxEntry.id.in_([entry.id for entry, _ in batch]))
+                            .with_for_update()
+                        )
+                    }
+                    for entry, result in batch:
+                        self._apply(session, rows.get(entry.id), entry, result, now)
+                return
+            except Exception:
+                log.warning("a batch of %d entries failed; applying them one by one", len(batch))
+        for entry, result in batch:
+            try:
+                with transaction(self.sessions) as session:
+                    row = session.get(InboxEntry, entry.id, with_for_update=True)
+                    self._apply(session, row, entry, result, now)
+            except Exception as error:
+                log.exception("applying inbox entry %s failed", entry.id)
+                self._record_failure(entry.id, error, now)
+
+    def _apply(
+        self,
+        session: Session,
+        row: InboxEntry | None,
+        entry: InboxEntry,
+        result: Normalised | Exception,
+        now: datetime,
+    ) -> None:
+        if row is None or row.lease_owner != self.owner or row.status != "pending":
+            return  # our lease ran out and another worker took it
+        row.lease_owner = None
+        row.lease_until = None
+        row.attempts += 1
+        if isinstance(result, Exception):
+            self._failed(row, result, now)
+            return
+        ingest(session, result, source=entry.channel, now=now, inbox_id=entry.id)
+        row.status = "processed"
+        row.processed_at = now
+        row.error = None
 
     def _failed(self, row: InboxEntry, error: Exception, now: datetime) -> None:
         row.error = f"{type(error).__name__}: {error}"[:2000]

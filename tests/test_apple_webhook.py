@@ -6,17 +6,18 @@ import base64
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
 
-from reconcile.config import Settings
+from reconcile.config import APPLE_ROOT_CA_G3, Settings
 from reconcile.services import build_services
 from tests.conftest import ADMIN_TOKEN
 from tests.support.apple_ca import AppleTestCA
 from tests.support.apple_payloads import sign_notification
-from tests.support.server import FakeClock, RunningApp, serve_in_thread
+from tests.support.server import FakeClock, RunningApp, free_port, serve_in_thread
 
 NOW_MS = int(time.time() * 1000)
 
@@ -204,8 +205,6 @@ def test_production_root_rejects_test_chain(
     make_settings: Callable[..., Settings], clock: FakeClock, apple_ca: AppleTestCA
 ) -> None:
     """With the shipped Apple Root CA - G3 as trust root, a test-CA payload is 401."""
-    from reconcile.config import APPLE_ROOT_CA_G3
-
     services = build_services(make_settings(apple_root_certs=[APPLE_ROOT_CA_G3]), clock=clock)
     with serve_in_thread(services, ADMIN_TOKEN) as app:
         body = sign_notification(apple_ca, renewal())
@@ -229,3 +228,20 @@ def test_storage_down_is_503(app: RunningApp, apple_ca: AppleTestCA) -> None:
     retry = app.client.post("/webhooks/apple",
                             json={"signedPayload": sign_notification(apple_ca, renewal())})
     assert retry.status_code == 200
+
+
+def test_ocsp_unreachable_is_503(
+    make_settings: Callable[..., Settings], clock: FakeClock, tmp_path: Path
+) -> None:
+    """With OCSP on and the responder unreachable, the answer is 503 so Apple retries later."""
+    ca = AppleTestCA.create("OCSP", ocsp_url=f"http://127.0.0.1:{free_port()}/ocsp")
+    root = tmp_path / "ocsp-root.der"
+    root.write_bytes(ca.root_der)
+    services = build_services(
+        make_settings(apple_root_certs=[root], apple_online_checks=True), clock=clock
+    )
+    with serve_in_thread(services, ADMIN_TOKEN) as app:
+        body = {"signedPayload": sign_notification(ca, renewal())}
+        assert app.client.post("/webhooks/apple", json=body).status_code == 503
+        assert app.client.get("/v1/subscriptions").json()["items"] == []
+    services.close()

@@ -1,4 +1,4 @@
-"""The chain cache: each distinct chain verified once, within validity, every signature checked."""
+"""The chain cache: each chain verified once, within validity; every signature checked."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import time
 import jwt
 import pytest
 from appstoreserverlibrary.signed_data_verifier import SignedDataVerifier
+from cryptography.hazmat.primitives import serialization
 
 from tests.support.apple_ca import AppleTestCA
 from tests.support.apple_payloads import APP_APPLE_ID, BUNDLE_ID, sign_notification
 from webhooks.apple import AppleRejected, AppleVerifier
+from webhooks.apple_jws import FastSignedDataVerifier
 from webhooks.chain_cache import CachingChainVerifier
 
 NOW_MS = int(time.time() * 1000)
@@ -34,11 +36,13 @@ def verifier(ca: AppleTestCA, *, online: bool = False) -> AppleVerifier:
                          online_checks=online)
 
 
-def test_cache_is_installed_in_the_library_verifier(apple_ca: AppleTestCA) -> None:
-    """The private hook we rely on exists: the library's verifier calls our cache."""
+def test_verifier_is_the_library_verifier_with_our_cache(apple_ca: AppleTestCA) -> None:
+    """Each environment's verifier is a library `SignedDataVerifier` using the shared cache."""
     v = verifier(apple_ca)
-    library: SignedDataVerifier = v._verifiers["sandbox"]
-    assert isinstance(library._chain_verifier, CachingChainVerifier)
+    library = v._verifiers["sandbox"]
+    assert isinstance(library, SignedDataVerifier)
+    assert isinstance(library, FastSignedDataVerifier)
+    assert library._chain_cache is v.chain_cache
 
 
 def test_one_chain_verification_for_many_payloads(apple_ca: AppleTestCA) -> None:
@@ -78,17 +82,20 @@ def test_cache_not_used_outside_validity(apple_ca: AppleTestCA) -> None:
 class CountingChain:
     """Stands in for the library's chain verifier at the outermost edge: counts, returns a key."""
 
-    def __init__(self) -> None:
+    def __init__(self, ca: AppleTestCA) -> None:
         self.calls = 0
+        self.pem = ca.leaf.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ).decode()
 
     def verify_chain(self, certificates: list[str], online: bool, effective_date: int) -> str:
         self.calls += 1
-        return "public-key"
+        return self.pem
 
 
 def test_online_entries_expire(apple_ca: AppleTestCA) -> None:
     """With OCSP on, a cached chain is re-verified once the bounded time has passed."""
-    inner = CountingChain()
+    inner = CountingChain(apple_ca)
     now = [1_000_000.0]
     cache = CachingChainVerifier(inner, online_ttl_seconds=900, clock=lambda: now[0])
     date = int(time.time())

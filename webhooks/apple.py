@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import jwt
 from appstoreserverlibrary.models.Environment import Environment
 from appstoreserverlibrary.models.JWSRenewalInfoDecodedPayload import (
     JWSRenewalInfoDecodedPayload,
@@ -23,11 +22,13 @@ from appstoreserverlibrary.signed_data_verifier import (
     SignedDataVerifier,
     VerificationException,
     VerificationStatus,
+    _ChainVerifier,
 )
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from webhooks.chain_cache import CachingChainVerifier, install
+from webhooks.apple_jws import FastSignedDataVerifier, unverified_claims
+from webhooks.chain_cache import CachingChainVerifier
 
 ENVIRONMENTS = {"production": Environment.PRODUCTION, "sandbox": Environment.SANDBOX}
 
@@ -90,18 +91,16 @@ class AppleVerifier:
         online_checks: bool,
     ) -> None:
         self._verifiers: dict[str, SignedDataVerifier] = {}
-        self.chain_cache: CachingChainVerifier | None = None
+        # One cache for every environment: the chain is the same, the roots are the same.
+        self.chain_cache = CachingChainVerifier(_ChainVerifier(root_certificates))
         for name in environments:
             # Production needs the app id; without it production payloads are refused.
             if name == "production" and app_apple_id is None:
                 continue
-            verifier = SignedDataVerifier(
-                root_certificates, online_checks, ENVIRONMENTS[name], bundle_id, app_apple_id
+            self._verifiers[name] = FastSignedDataVerifier(
+                root_certificates, online_checks, ENVIRONMENTS[name], bundle_id, app_apple_id,
+                self.chain_cache,
             )
-            if self.chain_cache is None:
-                self.chain_cache = CachingChainVerifier(verifier._chain_verifier)
-            install(verifier, self.chain_cache)
-            self._verifiers[name] = verifier
 
     def verify(self, signed_payload: str) -> VerifiedNotification:
         """Verify signature, chain, bundle id, app id and environment of a signedPayload."""
@@ -159,8 +158,8 @@ def _environment_of(verifier: SignedDataVerifier) -> str:
 def _claimed_environment(signed_payload: str) -> str | None:
     """The environment the payload claims, to pick a verifier; the verifier then enforces it."""
     try:
-        claims = jwt.decode(signed_payload, options={"verify_signature": False})
-    except jwt.PyJWTError as error:
+        claims = unverified_claims(signed_payload)
+    except ValueError as error:
         raise AppleRejected("MALFORMED_JWS") from error
     for section in ("data", "summary", "appData"):
         body = claims.get(section)

@@ -16,9 +16,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 
 class ChainVerifier(Protocol):
@@ -30,6 +32,7 @@ class ChainVerifier(Protocol):
 @dataclass(frozen=True)
 class _Verified:
     public_key: str
+    key: ec.EllipticCurvePublicKey
     valid_from: float
     valid_until: float
     verified_at: float
@@ -57,22 +60,38 @@ class CachingChainVerifier:
     def verify_chain(
         self, certificates: list[str], perform_online_checks: bool, effective_date: int
     ) -> str:
+        """The library's interface: the leaf's public key as PEM."""
+        return self._verified(certificates, perform_online_checks, effective_date).public_key
+
+    def public_key(
+        self, certificates: list[str], perform_online_checks: bool, effective_date: int
+    ) -> ec.EllipticCurvePublicKey:
+        """The leaf's public key, parsed once per verified chain."""
+        return self._verified(certificates, perform_online_checks, effective_date).key
+
+    def _verified(
+        self, certificates: list[str], perform_online_checks: bool, effective_date: int
+    ) -> _Verified:
         key = tuple(certificates)
         now = self._clock()
         with self._lock:
             hit = self._entries.get(key)
             if hit is not None and self._usable(hit, perform_online_checks, effective_date, now):
                 self._entries.move_to_end(key)
-                return hit.public_key
+                return hit
         public_key = self._inner.verify_chain(certificates, perform_online_checks, effective_date)
+        parsed = serialization.load_pem_public_key(public_key.encode())
+        if not isinstance(parsed, ec.EllipticCurvePublicKey):
+            raise ValueError("leaf key is not an EC key")
         valid_from, valid_until = _validity(certificates)
+        entry = _Verified(public_key, parsed, valid_from, valid_until, now)
         with self._lock:
             self.misses += 1
-            self._entries[key] = _Verified(public_key, valid_from, valid_until, now)
+            self._entries[key] = entry
             self._entries.move_to_end(key)
             while len(self._entries) > self._max_entries:
                 self._entries.popitem(last=False)
-        return public_key
+        return entry
 
     def _usable(self, hit: _Verified, online: bool, effective_date: float, now: float) -> bool:
         if not hit.valid_from <= effective_date <= hit.valid_until:
@@ -88,12 +107,3 @@ def _validity(certificates: list[str]) -> tuple[float, float]:
     return start.timestamp(), end.timestamp()
 
 
-def install(verifier: Any, cache: CachingChainVerifier) -> None:
-    """Route a `SignedDataVerifier`'s chain checks through `cache`.
-
-    `_chain_verifier` is private to app-store-server-library 3.x; tests/test_apple_verify.py
-    pins that the attribute exists and that the cache is really consulted.
-    """
-    if not hasattr(verifier, "_chain_verifier"):
-        raise RuntimeError("app-store-server-library changed: SignedDataVerifier._chain_verifier")
-    verifier._chain_verifier = cache

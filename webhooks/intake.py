@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -48,25 +47,11 @@ def record(sessions: sessionmaker[Session], incoming: Incoming, now: datetime) -
         error=incoming.error,
     )
     with sessions() as session:
-        if _known(session, incoming):
-            return False
         session.add(entry)
         try:
             session.commit()
         except IntegrityError:
-            # A concurrent delivery of the same notification won the insert.
+            # Unique on (channel, notification id): the store sent it before.
             session.rollback()
             return False
     return True
-
-
-def _known(session: Session, incoming: Incoming) -> bool:
-    return (
-        session.scalars(
-            select(InboxEntry.id).where(
-                InboxEntry.channel == incoming.channel,
-                InboxEntry.notification_id == incoming.notification_id,
-            )
-        ).first()
-        is not None
-    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -37,6 +38,7 @@ def _cert(
     marker: x509.ObjectIdentifier | None,
     not_before: dt.datetime,
     not_after: dt.datetime,
+    ocsp_url: str | None = None,
 ) -> x509.Certificate:
     builder = (
         x509.CertificateBuilder()
@@ -62,6 +64,14 @@ def _cert(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
             critical=False,
         )
+    if ocsp_url is not None:
+        builder = builder.add_extension(
+            x509.AuthorityInformationAccess([x509.AccessDescription(
+                x509.oid.AuthorityInformationAccessOID.OCSP,
+                x509.UniformResourceIdentifier(ocsp_url),
+            )]),
+            critical=False,
+        )
     if marker is not None:
         builder = builder.add_extension(
             x509.UnrecognizedExtension(marker, b"\x05\x00"), critical=False
@@ -80,7 +90,11 @@ class AppleTestCA:
 
     @classmethod
     def create(
-        cls, name: str = "Test Apple", *, valid_from: dt.datetime | None = None
+        cls,
+        name: str = "Test Apple",
+        *,
+        valid_from: dt.datetime | None = None,
+        ocsp_url: str | None = None,
     ) -> AppleTestCA:
         start = valid_from or dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
         end = start + dt.timedelta(days=365 * 30)
@@ -91,10 +105,29 @@ class AppleTestCA:
         root = _cert(root_name, root_key, root_name, root_key, ca=True, marker=None,
                      not_before=start, not_after=end)
         inter = _cert(inter_name, inter_key, root_name, root_key, ca=True,
-                      marker=INTERMEDIATE_MARKER, not_before=start, not_after=end)
+                      marker=INTERMEDIATE_MARKER, not_before=start, not_after=end,
+                      ocsp_url=ocsp_url)
         leaf = _cert(f"{name} Signing", leaf_key, inter_name, inter_key, ca=False,
-                     marker=LEAF_MARKER, not_before=start, not_after=end)
+                     marker=LEAF_MARKER, not_before=start, not_after=end, ocsp_url=ocsp_url)
         return cls(root=root, intermediate=inter, leaf=leaf, leaf_key=leaf_key)
+
+    def save(self, folder: Path) -> None:
+        """Write the chain and leaf key to `folder`; root.der is the trust root to configure."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, cert in (("root", self.root), ("intermediate", self.intermediate),
+                           ("leaf", self.leaf)):
+            (folder / f"{name}.der").write_bytes(cert.public_bytes(serialization.Encoding.DER))
+        (folder / "leaf-key.pem").write_bytes(self.leaf_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()))
+
+    @classmethod
+    def load(cls, folder: Path) -> AppleTestCA:
+        certs = [x509.load_der_x509_certificate((folder / f"{n}.der").read_bytes())
+                 for n in ("root", "intermediate", "leaf")]
+        key = serialization.load_pem_private_key((folder / "leaf-key.pem").read_bytes(), None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        return cls(root=certs[0], intermediate=certs[1], leaf=certs[2], leaf_key=key)
 
     @property
     def root_der(self) -> bytes:

@@ -1,0 +1,1 @@
+"""Benchmarks: run by hand, report figures; never timed assertions in the test suite."""
