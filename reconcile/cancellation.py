@@ -178,7 +178,8 @@ def cancel(
         return current
     if has_ended(row, now):
         raise NotRenewing(row.id, f"has ended ({_ended_status(row, now)})")
-    if not row.auto_renew:
+    # A prepaid plan never renews, but the request is recorded: the channel says why it fails.
+    if not row.auto_renew and not row.prepaid:
         raise NotRenewing(row.id, "is already cancelled (auto_renew is off)")
     entry = _new_entry(session, row, "cancel", now, reason=reason, note=note, payload={})
     cancellers[row.channel].cancel(session, row, entry, now)
