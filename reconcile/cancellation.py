@@ -172,9 +172,7 @@ def cancel(
     Raises `NotRenewing` when the subscription has ended or already renews no more.
     """
     current = latest(session, "cancel", row.id)
-    if current is not None and (
-        current.state in (*IN_FLIGHT, "failed") or not row.auto_renew
-    ):
+    if current is not None and _stands(current, row):
         return current
     if has_ended(row, now):
         raise NotRenewing(row.id, f"has ended ({_ended_status(row, now)})")
@@ -225,6 +223,15 @@ def cancel_all(
             cancel(session, row, reason, note, now, cancellers)
         except NotRenewing:
             continue
+
+
+def _stands(entry: OutboxEntry, row: Subscription) -> bool:
+    """Whether an earlier cancellation still answers a new request (a repeat changes nothing)."""
+    if entry.state in IN_FLIGHT:
+        return True
+    if entry.state == "failed":
+        return row.prepaid  # a refused call may work when asked again; a prepaid plan never will
+    return not row.auto_renew  # confirmed, and renewal is still off
 
 
 def _ended_status(row: Subscription, now: datetime) -> str:
