@@ -26,6 +26,12 @@ def _start() -> Services:
     return build_services(settings)
 
 
+@cli.command(name="migrate")
+def migrate_command() -> None:
+    """Bring the database schema up to date (serve and worker also do this when they start)."""
+    migrate(Settings().database_url)
+
+
 @cli.command()
 def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     """HTTP API (webhooks + admin) with the background worker in the same process."""

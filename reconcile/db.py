@@ -12,9 +12,13 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.exc import StaleDataError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# PostgreSQL advisory lock key that serialises `migrate` across processes ("reconcil" in ASCII).
+MIGRATION_LOCK = 0x7265636F6E63696C
 
 
 def make_engine(url: str) -> Engine:
@@ -74,6 +78,27 @@ def transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
+# unique_violation, serialization_failure, deadlock_detected
+_CONFLICT_SQLSTATES = frozenset({"23505", "40001", "40P01"})
+
+
+def is_conflict(error: BaseException) -> bool:
+    """True when `error` is a race with a concurrent transaction that a plain retry resolves.
+
+    Two writers creating the same row (unique key), a version-checked update that lost
+    (`StaleDataError`), a serialization failure or a deadlock: the other transaction has
+    committed or rolled back by the time we see the error, so running ours again sees its work.
+    """
+    if isinstance(error, StaleDataError):
+        return True
+    if not isinstance(error, DBAPIError):
+        return False
+    sqlstate = getattr(error.orig, "sqlstate", None)  # psycopg 3
+    if sqlstate is not None:
+        return sqlstate in _CONFLICT_SQLSTATES
+    return isinstance(error, IntegrityError) and "UNIQUE constraint failed" in str(error.orig)
+
+
 def alembic_config(url: str) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
@@ -82,7 +107,8 @@ def alembic_config(url: str) -> Config:
 
 
 def migrate(url: str) -> None:
-    """Bring the schema at `url` to the newest migration."""
+    """Bring the schema at `url` to the newest migration; safe to run from several processes
+    at once (see migrations/env.py), a no-op when already there."""
     command.upgrade(alembic_config(url), "head")
 
 

@@ -19,7 +19,7 @@ from typing import Protocol
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from reconcile.db import transaction
+from reconcile.db import is_conflict, transaction
 from reconcile.events import Normalised
 from reconcile.ids import new_id
 from reconcile.ingest import ingest
@@ -28,6 +28,10 @@ from reconcile.models import InboxEntry
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+
+# Immediate re-runs of an entry that lost a race with another worker (see `is_conflict`);
+# they are not failed attempts, so they neither back off nor count towards max_attempts.
+CONFLICT_RETRIES = 5
 
 
 def utcnow() -> datetime:
@@ -135,6 +139,10 @@ class InboxJob:
         self, batch: list[tuple[InboxEntry, Normalised | Exception]], now: datetime
     ) -> None:
         """Apply a whole batch in one transaction; if anything in it fails, one by one."""
+        # Apply in store-id order so that workers whose batches share subscriptions lock them
+        # in the same order (PostgreSQL): one waits for the other instead of deadlocking.
+        # The merge is order-independent, so this changes nothing else.
+        batch = sorted(batch, key=lambda item: (_store_id(item[1]), item[0].id))
         if len(batch) > 1:
             try:
                 with transaction(self.sessions) as session:
@@ -152,13 +160,24 @@ class InboxJob:
             except Exception:
                 log.warning("a batch of %d entries failed; applying them one by one", len(batch))
         for entry, result in batch:
+            self._finish_one(entry, result, now)
+
+    def _finish_one(self, entry: InboxEntry, result: Normalised | Exception, now: datetime) -> None:
+        for retry in range(CONFLICT_RETRIES + 1):
             try:
                 with transaction(self.sessions) as session:
                     row = session.get(InboxEntry, entry.id, with_for_update=True)
                     self._apply(session, row, entry, result, now)
+                return
             except Exception as error:
+                if is_conflict(error) and retry < CONFLICT_RETRIES:
+                    # Another worker wrote the same subscription (or account, purchase...)
+                    # first; running again in a new transaction builds on what it committed.
+                    log.info("inbox entry %s raced another writer; applying it again", entry.id)
+                    continue
                 log.exception("applying inbox entry %s failed", entry.id)
                 self._record_failure(entry.id, error, now)
+                return
 
     def _apply(
         self,
@@ -197,6 +216,12 @@ class InboxJob:
                 self._failed(row, error, now)
                 row.lease_owner = None
                 row.lease_until = None
+
+
+def _store_id(result: Normalised | Exception) -> str:
+    if isinstance(result, Normalised) and result.subscription is not None:
+        return result.subscription.store_id
+    return ""
 
 
 class Worker:

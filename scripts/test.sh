@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh clone: makes .venv, installs, lints, type-checks, tests.
+# The whole test suite, from a fresh clone: makes .venv, installs, lints, type-checks, then runs
+# the tests on SQLite and, when PostgreSQL server binaries are installed, again on a throwaway
+# PostgreSQL server (scripts/postgres.sh). Extra arguments go to both pytest runs.
+# RECONCILE_SKIP_POSTGRES=1 skips the PostgreSQL run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -10,4 +13,27 @@ fi
 .venv/bin/python -m pip install --quiet -e '.[test]'
 .venv/bin/ruff check .
 .venv/bin/mypy
-.venv/bin/python -m pytest -q "$@"
+
+failed=0
+started=$SECONDS
+echo "== tests on SQLite"
+env -u RECONCILE_TEST_POSTGRES_URL -u RECONCILE_TEST_DATABASE_URL \
+  .venv/bin/python -m pytest -q "$@" || failed=1
+echo "== SQLite run: $((SECONDS - started)) s"
+
+if [ "${RECONCILE_SKIP_POSTGRES:-}" = 1 ]; then
+  echo "RECONCILE_SKIP_POSTGRES=1: skipping the PostgreSQL run"
+elif bindir=$(bash scripts/postgres.sh bindir 2>/dev/null); then
+  echo "== tests on PostgreSQL ($bindir)"
+  started=$SECONDS
+  server=$(bash scripts/postgres.sh start)
+  eval "$server"
+  # Stop the server however this script ends.
+  trap 'bash scripts/postgres.sh stop "$RECONCILE_TEST_POSTGRES_DIR"' EXIT
+  trap 'exit 130' INT TERM
+  env -u RECONCILE_TEST_DATABASE_URL .venv/bin/python -m pytest -q "$@" || failed=1
+  echo "== PostgreSQL run: $((SECONDS - started)) s"
+else
+  echo "PostgreSQL binaries not found: skipping the PostgreSQL run"
+fi
+exit $failed

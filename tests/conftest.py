@@ -17,6 +17,7 @@ from reconcile.services import build_services
 from tests.fakes.appstore import FakeAppStore
 from tests.support.apple_ca import AppleTestCA
 from tests.support.apple_payloads import APP_APPLE_ID, BUNDLE_ID
+from tests.support.postgres import POSTGRES_ENV, PostgresDatabases
 from tests.support.server import FakeClock, RunningApp, serve_in_thread
 
 ADMIN_TOKEN = "test-admin-token"
@@ -36,12 +37,34 @@ def apple_root_file(apple_ca: AppleTestCA, tmp_path_factory: pytest.TempPathFact
     return path
 
 
+@pytest.fixture(scope="session")
+def postgres_databases() -> Iterator[PostgresDatabases]:
+    """The PostgreSQL test server named by RECONCILE_TEST_POSTGRES_URL, with a migrated template."""
+    admin_url = os.environ.get(POSTGRES_ENV)
+    if not admin_url:
+        pytest.skip(f"no PostgreSQL test server ({POSTGRES_ENV} is not set)")
+    databases = PostgresDatabases(admin_url)
+    databases.create_template()
+    yield databases
+    databases.close()
+
+
 @pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    """A fresh, migrated database for one test (SQLite file unless told otherwise)."""
+def database_url(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh, migrated database for one test.
+
+    A new PostgreSQL database when RECONCILE_TEST_POSTGRES_URL names a test server, else the
+    database at RECONCILE_TEST_DATABASE_URL, else an SQLite file of the test's own.
+    """
+    if os.environ.get(POSTGRES_ENV):
+        databases: PostgresDatabases = request.getfixturevalue("postgres_databases")
+        url = databases.create()
+        yield url
+        databases.drop(url)
+        return
     url = os.environ.get("RECONCILE_TEST_DATABASE_URL") or f"sqlite:///{tmp_path / 'test.db'}"
     migrate(url)
-    return url
+    yield url
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,23 +33,44 @@ def service_env(database_url: str, apple_root: Path, **extra: str) -> dict[str, 
     return env
 
 
-def start_service(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[bytes], str]:
-    """`reconcile serve` on a free port; returns the process and its base URL once it answers."""
+def start_service(
+    env: dict[str, str], *args: str, log: Path | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`reconcile serve` on a free port; returns the process and its base URL once it answers.
+
+    Its output goes to `log` (default: a new temporary file), never to a pipe nobody reads: a
+    busy service would fill the pipe and block on its next log line.
+    """
+    if log is None:
+        handle, name = tempfile.mkstemp(prefix="reconcile-serve-", suffix=".log")
+        os.close(handle)
+        log = Path(name)
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "reconcile", "serve", "--port", str(port), *args],
-        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "reconcile", "serve", "--port", str(port), *args],
+            env=env, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            output = process.stderr.read().decode() if process.stderr else ""
-            raise RuntimeError(f"service exited: {output}")
+            raise RuntimeError(f"service exited: {log.read_text(errors='replace')[-4000:]}")
         try:
             if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
                 return process, url
         except httpx.HTTPError:
             time.sleep(0.05)
     process.kill()
-    raise RuntimeError("service did not become ready")
+    raise RuntimeError(f"service did not become ready: {log.read_text(errors='replace')[-4000:]}")
+
+
+def stop_service(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it will not go."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
