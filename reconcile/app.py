@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from reconcile.api import (
     account_actions,
     accounts,
+    acknowledgements,
     actions,
     health,
     portal,
@@ -49,6 +50,7 @@ def create_app(services: Services, *, run_worker: bool = True) -> FastAPI:
     app.include_router(actions.router, dependencies=admin)
     app.include_router(account_actions.router, dependencies=admin)
     app.include_router(portal.router, dependencies=admin)
+    app.include_router(acknowledgements.router, dependencies=admin)
 
     @app.exception_handler(DomainError)
     async def domain_error(_request: Request, error: DomainError) -> JSONResponse:

@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     # Consumables (usage credits) are consumed rather than acknowledged.
     google_consumable_products: Annotated[list[str], NoDecode] = []
     google_ack_watchdog_hours: float = Field(default=24.0, gt=0)
+    google_read_concurrency: int = Field(default=8, gt=0)
+    google_api_timeout_seconds: float = Field(default=10.0, gt=0)
+    google_api_retries: int = Field(default=3, ge=0)
+    google_api_backoff_seconds: float = Field(default=0.5, ge=0)
 
     apple_calls_per_second: float = Field(default=50.0, gt=0)
     # Attempts per App Store API call before the caller's own backoff takes over.

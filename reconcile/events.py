@@ -80,6 +80,19 @@ class AcknowledgementDue:
 
 
 @dataclass(frozen=True)
+class FreshRead:
+    """The outcome was read from the store's truth about `subject` at `at`.
+
+    Waiting notifications of `kinds` about the same subject that arrived before `at` only
+    said "something changed": this read already holds their news, so they are done too.
+    """
+
+    subject: str
+    at: datetime
+    kinds: frozenset[str]
+
+
+@dataclass(frozen=True)
 class Normalised:
     """Everything one notification (or one read of store truth) means for our state."""
 
@@ -93,6 +106,7 @@ class Normalised:
     # A subscription observation aimed at an older transaction: only revokes it in history.
     note: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+    fresh_read: FreshRead | None = None
 
     def summary(self) -> dict[str, Any]:
         """A JSON-able picture of this outcome (fixtures compare against it)."""
@@ -102,6 +116,8 @@ class Normalised:
                 "store_id": self.subscription.store_id,
                 **{k: _jsonable(v) for k, v in sorted(self.subscription.fields.items())},
             }
+            if self.subscription.linked_store_ids:
+                out["subscription"]["linked_store_ids"] = list(self.subscription.linked_store_ids)
         if self.purchase is not None:
             p = self.purchase
             out["purchase"] = {

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from reconcile.chains import absorb, continued_by_account
 from reconcile.events import (
     AcknowledgementDue,
     ConsumptionRequested,
@@ -33,7 +34,15 @@ from reconcile.models import (
     Subscription,
     SubscriptionEvent,
 )
-from reconcile.state import STATE_FIELDS, Observation, Stamp, Status, SubscriptionState, apply
+from reconcile.state import (
+    STATE_FIELDS,
+    Channel,
+    Observation,
+    Stamp,
+    Status,
+    SubscriptionState,
+    apply,
+)
 
 # Apple wants a consumption answer within 12 hours of the request.
 CONSUMPTION_DEADLINE = timedelta(hours=12)
@@ -102,23 +111,30 @@ def apply_observation(
 ) -> Applied:
     channel = observation.channel.value
     row = find_subscription(session, channel, observation.store_id, lock=True)
+    older = [found for linked in observation.linked_store_ids
+             if (found := find_subscription(session, channel, linked, lock=True)) is not None]
+    # The newest store id decides the state: the one this observation continues, or this one.
     newest_token = True
+    if row is None and older:
+        row = older[0]
     if row is None:
-        for linked in observation.linked_store_ids:
-            row = find_subscription(session, channel, linked, lock=True)
-            if row is not None:
-                break
+        row = continued_by_account(session, observation)
     if row is None:
         row = _new_subscription(session, observation, now)
     else:
-        # A token that an already-known token links to is older, not newer.
-        newest_token = row.store_id in observation.linked_store_ids or row.store_id == (
-            observation.store_id
-        )
+        for other in older:
+            if other.id != row.id:
+                absorb(session, row, other, now)
         if observation.linked_store_ids or row.store_id != observation.store_id:
             known = set(session.scalars(
                 select(StoreId.store_id).where(StoreId.subscription_id == row.id)
             ))
+            # A store id that an already-known one links to is older, not newer.
+            newest_token = (
+                observation.store_id not in known
+                or row.store_id == observation.store_id
+                or row.store_id in observation.linked_store_ids
+            )
             for store_id in (observation.store_id, *observation.linked_store_ids):
                 if store_id not in known:
                     session.add(StoreId(channel=channel, store_id=store_id,
@@ -129,7 +145,13 @@ def apply_observation(
         # Facts about a replaced token (it went EXPIRED with replacementCancellation) must not
         # overwrite the subscription that continues under the newer token.
         observation = replace(observation, fields={})
-    after = apply(before, observation)
+    observation = _keep_revocation(before, row.expires_at, observation)
+    base = before
+    if newest_token and row.store_id != observation.store_id:
+        # The subscription moves to a newer token: what the older token said no longer counts,
+        # even when it was read later (a worker that lost a race applies an earlier read).
+        base = replace(before, clock={})
+    after = apply(base, observation)
     if newest_token and row.store_id != observation.store_id:
         row.store_id = observation.store_id
     changed = after != before
@@ -155,6 +177,28 @@ def apply_observation(
     if changed:
         confirm_plan_changes(session, row, now)
     return Applied(row.id, changed)
+
+
+def _keep_revocation(
+    before: SubscriptionState, expires_at: datetime | None, observation: Observation
+) -> Observation:
+    """Google: a revoked period stays revoked, whatever a later read of it says.
+
+    After a revocation or a voided current order, `subscriptionsv2.get` reports the token as
+    EXPIRED (or, for a refund without revocation, still ACTIVE), and a delayed notification
+    read later would otherwise rename the revoked period. A new period (a different expiry)
+    does take over.
+    """
+    status = observation.fields.get("status")
+    if (
+        observation.channel is not Channel.GOOGLE
+        or before.status is not Status.REVOKED
+        or status in (None, Status.REVOKED.value)
+        or observation.fields.get("expires_at", expires_at) != expires_at
+    ):
+        return observation
+    fields = {k: v for k, v in observation.fields.items() if k not in ("status", "auto_renew")}
+    return replace(observation, fields=fields)
 
 
 def _new_subscription(session: Session, observation: Observation, now: datetime) -> Subscription:
@@ -267,10 +311,15 @@ def record_refund(
                                    Purchase.store_id == seen.purchase_store_id)
         ).first()
     if row is None:
+        # Google's voided-purchase notice names only the token: the rest comes from our records.
+        known: Purchase | Subscription | None = purchase or (
+            session.get(Subscription, subscription_id) if subscription_id else None)
         row = Refund(
             channel=seen.channel.value, refund_key=seen.refund_key, store_id=seen.store_id,
             subscription_id=subscription_id, purchase_id=purchase.id if purchase else None,
-            account_id=seen.account_id, product_id=seen.product_id, amount=seen.amount,
+            account_id=seen.account_id or (known.account_id if known else None),
+            product_id=seen.product_id or (known.product_id if known else None),
+            amount=seen.amount,
             currency=seen.currency, refunded_at=seen.refunded_at, recorded_at=now,
             consumption_answer_sent=_consumption_answered(session, seen.store_id),
         )

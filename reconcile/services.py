@@ -8,16 +8,22 @@ from datetime import timedelta
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from reconcile.acknowledgements import AcknowledgementJob, AcknowledgementWatchdog
 from reconcile.cancellation import Canceller, default_cancellers
 from reconcile.channels.apple import AppleProcessor
 from reconcile.channels.apple_api import AppStoreApi
+from reconcile.channels.google import GoogleProcessor
+from reconcile.channels.google_play import PlayClient, PlayPermanentError
 from reconcile.channels.portal import PortalExpiryJob
 from reconcile.config import Settings
 from reconcile.consumption import ConsumptionJob
 from reconcile.db import make_engine, make_sessionmaker
 from reconcile.metrics import Metrics
+from reconcile.outbox import GoogleCancelJob
+from reconcile.ratelimit import RateLimiter
 from reconcile.worker import Clock, InboxJob, Job, Processor, Worker, utcnow, worker_id
 from webhooks.apple import AppleVerifier, load_certificate
+from webhooks.google import PushAuthenticator
 
 
 @dataclass
@@ -29,6 +35,8 @@ class Services:
     metrics: Metrics
     apple: AppleVerifier | None
     apple_api: AppStoreApi | None = None
+    google_push: PushAuthenticator | None = None
+    play: PlayClient | None = None
     processors: dict[str, Processor] = field(default_factory=dict)
     jobs: list[Job] = field(default_factory=list)
     # What a cancellation or plan change means on each channel (reconcile.cancellation).
@@ -38,6 +46,14 @@ class Services:
         return Worker(self.jobs, clock=self.clock, poll_seconds=self.settings.worker_poll_seconds)
 
     def close(self) -> None:
+        google = self.processors.get("google")
+        if isinstance(google, GoogleProcessor):
+            google.close()
+        for job in self.jobs:
+            if isinstance(job, AcknowledgementJob):
+                job.close()
+        if self.play is not None:
+            self.play.close()
         self.engine.dispose()
 
 
@@ -49,10 +65,17 @@ def build_services(settings: Settings, *, clock: Clock = utcnow) -> Services:
     services = Services(
         settings=settings, engine=engine, sessions=sessions, clock=clock, metrics=metrics,
         apple=build_apple_verifier(settings), apple_api=AppStoreApi.from_settings(settings),
+        google_push=build_push_authenticator(settings), play=build_play_client(settings),
         cancellers=default_cancellers(settings.google_package_name),
     )
     if services.apple is not None:
         services.processors["apple"] = AppleProcessor(services.apple)
+    if services.play is not None and settings.google_package_name:
+        services.processors["google"] = GoogleProcessor(
+            services.play, settings.google_package_name,
+            consumables=settings.google_consumable_products,
+            concurrency=settings.google_read_concurrency,
+        )
     services.jobs.append(
         InboxJob(
             sessions=sessions,
@@ -63,12 +86,47 @@ def build_services(settings: Settings, *, clock: Clock = utcnow) -> Services:
             max_attempts=settings.worker_max_attempts,
         )
     )
+    if services.play is not None:
+        # After the inbox job in each round: acknowledgements follow the stored entitlement.
+        services.jobs.append(AcknowledgementJob(
+            sessions, services.play, batch_size=settings.worker_batch_size,
+            concurrency=settings.google_read_concurrency))
+        services.jobs.append(
+            GoogleCancelJob(sessions=sessions, play=services.play, owner=worker_id(),
+                            is_permanent=lambda error: isinstance(error, PlayPermanentError),
+                            max_attempts=settings.worker_max_attempts)
+        )
+    if settings.google_package_name:
+        services.jobs.append(AcknowledgementWatchdog(
+            sessions, age=timedelta(hours=settings.google_ack_watchdog_hours)))
     services.jobs.append(
         ConsumptionJob(sessions=sessions, api=services.apple_api, owner=worker_id(),
                        max_attempts=settings.worker_max_attempts)
     )
     services.jobs.append(PortalExpiryJob(sessions=sessions))
     return services
+
+
+def build_push_authenticator(settings: Settings) -> PushAuthenticator | None:
+    """None unless the expected audience and sender are configured: then every push is 401."""
+    if not (settings.google_package_name and settings.google_push_audience
+            and settings.google_push_service_account):
+        return None
+    return PushAuthenticator(settings.google_push_audience, settings.google_push_service_account,
+                             settings.google_oidc_certs_url)
+
+
+def build_play_client(settings: Settings) -> PlayClient | None:
+    if not (settings.google_package_name and settings.google_service_account_file):
+        return None
+    return PlayClient.from_key_file(
+        settings.google_package_name, settings.google_service_account_file,
+        api_endpoint=settings.google_api_endpoint,
+        limiter=RateLimiter(settings.google_calls_per_minute),
+        retries=settings.google_api_retries,
+        backoff_seconds=settings.google_api_backoff_seconds,
+        timeout_seconds=settings.google_api_timeout_seconds,
+    )
 
 
 def build_apple_verifier(settings: Settings) -> AppleVerifier | None:

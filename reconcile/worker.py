@@ -20,7 +20,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from reconcile.db import is_conflict, transaction
-from reconcile.events import Normalised
+from reconcile.events import FreshRead, Normalised
 from reconcile.ids import new_id
 from reconcile.ingest import ingest
 from reconcile.models import InboxEntry
@@ -199,6 +199,29 @@ class InboxJob:
         row.status = "processed"
         row.processed_at = now
         row.error = None
+        if result.fresh_read is not None:
+            self._cover(session, entry, result.fresh_read, now)
+
+    def _cover(self, session: Session, entry: InboxEntry, read: FreshRead, now: datetime) -> None:
+        """Waiting notifications that `read` already answers are done without a read each."""
+        session.execute(
+            update(InboxEntry)
+            .where(
+                InboxEntry.channel == entry.channel,
+                InboxEntry.subject == read.subject,
+                InboxEntry.status == "pending",
+                InboxEntry.id != entry.id,
+                InboxEntry.kind.in_(sorted(read.kinds)),
+                InboxEntry.received_at <= read.at,
+                # Not while another worker holds it: that one finishes it itself.
+                or_(InboxEntry.lease_until.is_(None), InboxEntry.lease_until < now,
+                    InboxEntry.lease_owner == self.owner),
+            )
+            .values(status="processed", processed_at=now, lease_owner=None, lease_until=None,
+                    error=None)
+            # Batch-mates loaded in this session must see it, or they would be applied again.
+            .execution_options(synchronize_session="fetch")
+        )
 
     def _failed(self, row: InboxEntry, error: Exception, now: datetime) -> None:
         row.error = f"{type(error).__name__}: {error}"[:2000]

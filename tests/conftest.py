@@ -1,4 +1,4 @@
-"""Shared fixtures: a test Apple CA, settings on a fresh database, the app over real HTTP."""
+"""Shared fixtures: test CAs and keys, settings on a fresh database, fakes, the app over HTTP."""
 
 from __future__ import annotations
 
@@ -15,8 +15,18 @@ from reconcile.config import Settings
 from reconcile.db import migrate
 from reconcile.services import build_services
 from tests.fakes.appstore import FakeAppStore
+from tests.fakes.play import FakePlay
 from tests.support.apple_ca import AppleTestCA
 from tests.support.apple_payloads import APP_APPLE_ID, BUNDLE_ID
+from tests.support.google import (
+    AUDIENCE,
+    PACKAGE,
+    PUSH_ACCOUNT,
+    Pusher,
+    service_account_pem,
+    write_service_account,
+)
+from tests.support.oidc import OidcIssuer
 from tests.support.postgres import POSTGRES_ENV, PostgresDatabases
 from tests.support.server import FakeClock, RunningApp, serve_in_thread
 
@@ -152,3 +162,69 @@ def apple_app(
     with serve_in_thread(services, ADMIN_TOKEN) as running:
         yield running
     services.close()
+
+
+@pytest.fixture(scope="session")
+def oidc() -> Iterator[OidcIssuer]:
+    """One push-token issuer for the session; tests that rotate or break it make their own."""
+    with OidcIssuer() as issuer:
+        yield issuer
+
+
+@pytest.fixture(scope="session")
+def service_account_key() -> str:
+    return service_account_pem()
+
+
+@pytest.fixture
+def fake_play() -> Iterator[FakePlay]:
+    """A running fake Play API; at teardown it proves no refund, revoke or defer was requested."""
+    with FakePlay(package_name=PACKAGE) as play:
+        yield play
+        play.assert_clean()
+
+
+@pytest.fixture
+def make_google_settings(
+    make_settings: Callable[..., Settings],
+    fake_play: FakePlay,
+    oidc: OidcIssuer,
+    service_account_key: str,
+    tmp_path: Path,
+) -> Callable[..., Settings]:
+    """Settings with the Google channel pointed at the fakes (overrides win)."""
+    key_file = write_service_account(tmp_path / "service-account.json", service_account_key,
+                                     fake_play.token_uri)
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "google_package_name": PACKAGE,
+            "google_service_account_file": key_file,
+            "google_api_endpoint": fake_play.url,
+            "google_push_audience": AUDIENCE,
+            "google_push_service_account": PUSH_ACCOUNT,
+            "google_oidc_certs_url": oidc.certs_url,
+            "google_calls_per_minute": 60000,
+            "google_api_backoff_seconds": 0,
+            "google_consumable_products": ["credits_100"],
+        }
+        values.update(overrides)
+        return make_settings(**values)
+
+    return make
+
+
+@pytest.fixture
+def google_app(
+    make_google_settings: Callable[..., Settings], clock: FakeClock
+) -> Iterator[RunningApp]:
+    """The service with both channels, Google pointed at FakePlay and the OIDC issuer."""
+    services = build_services(make_google_settings(), clock=clock)
+    with serve_in_thread(services, ADMIN_TOKEN) as running:
+        yield running
+    services.close()
+
+
+@pytest.fixture
+def pusher(google_app: RunningApp, oidc: OidcIssuer) -> Pusher:
+    return Pusher(google_app.client, oidc)

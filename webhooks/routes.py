@@ -11,6 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from reconcile.api.deps import ServicesDep
 from webhooks.apple import AppleRejected, AppleUnavailable, VerifiedNotification, parse_body
 from webhooks.body import read_limited
+from webhooks.google import GoogleRejected, GoogleUnavailable, MalformedEnvelope, incoming
 from webhooks.intake import Incoming, record
 
 log = logging.getLogger(__name__)
@@ -61,3 +62,52 @@ def apple(
     if new:
         services.metrics.received.labels("apple", notification.kind.split("/")[0]).inc()
     return {"recorded": True, "duplicate": not new}
+
+
+def authenticated_google(request: Request, services: ServicesDep) -> str:
+    """The package name, once the push token is Google's for us; 404 while unconfigured."""
+    package = services.settings.google_package_name
+    if not package:
+        raise HTTPException(404, "Google notifications are not configured")
+    authenticator = services.google_push
+    try:
+        if authenticator is None:
+            raise GoogleRejected("push audience or service account not configured")
+        authenticator.verify(request.headers.get("authorization"))
+    except GoogleRejected as error:
+        services.metrics.rejected.labels("google", error.reason).inc()
+        log.warning("rejected Google push: %s", error.reason)
+        raise HTTPException(401, f"push rejected: {error.reason}",
+                            headers={"WWW-Authenticate": "Bearer"}) from error
+    except GoogleUnavailable as error:
+        log.error("Google push not verifiable now: %s", error)
+        raise HTTPException(503, "verification temporarily unavailable") from error
+    return package
+
+
+async def google_body(request: Request) -> bytes:
+    return await read_limited(request)
+
+
+@router.post("/google")
+def google(
+    package: Annotated[str, Depends(authenticated_google)],
+    body: Annotated[bytes, Depends(google_body)],
+    services: ServicesDep,
+) -> dict[str, object]:
+    """Authenticated pushes are all kept; the unusable ones as rejected, so Pub/Sub stops."""
+    try:
+        entry = incoming(body, package)
+    except MalformedEnvelope as error:
+        raise HTTPException(400, str(error)) from error
+    try:
+        new = record(services.sessions, entry, services.clock())
+    except SQLAlchemyError as error:
+        log.error("could not record Google notification: %s", type(error).__name__)
+        raise HTTPException(503, "storage unavailable") from error
+    if new:
+        services.metrics.received.labels("google", entry.kind).inc()
+        if entry.status == "rejected":
+            log.warning("kept unusable Google notification %s: %s", entry.notification_id,
+                        entry.error)
+    return {"recorded": True, "duplicate": not new, "status": entry.status}
