@@ -8,7 +8,16 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from reconcile.api import accounts, acknowledgements, health, refunds, subscriptions
+from reconcile.api import (
+    account_actions,
+    accounts,
+    acknowledgements,
+    actions,
+    health,
+    portal,
+    refunds,
+    subscriptions,
+)
 from reconcile.api.deps import require_admin
 from reconcile.errors import DomainError
 from reconcile.services import Services
@@ -37,6 +46,10 @@ def create_app(services: Services, *, run_worker: bool = True) -> FastAPI:
     app.include_router(subscriptions.router, dependencies=admin)
     app.include_router(accounts.router, dependencies=admin)
     app.include_router(refunds.router, dependencies=admin)
+    app.include_router(refunds.requests_router, dependencies=admin)
+    app.include_router(actions.router, dependencies=admin)
+    app.include_router(account_actions.router, dependencies=admin)
+    app.include_router(portal.router, dependencies=admin)
     app.include_router(acknowledgements.router, dependencies=admin)
 
     @app.exception_handler(DomainError)

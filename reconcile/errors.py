@@ -31,3 +31,10 @@ class UnknownAccount(NotFound):
 class Conflict(DomainError):
     status_code = 409
     code = "conflict"
+
+
+class Invalid(DomainError):
+    """The request is well-formed but asks for something impossible; nothing was changed."""
+
+    status_code = 422
+    code = "invalid"

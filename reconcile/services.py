@@ -9,12 +9,17 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from reconcile.acknowledgements import AcknowledgementJob, AcknowledgementWatchdog
+from reconcile.cancellation import Canceller, default_cancellers
 from reconcile.channels.apple import AppleProcessor
+from reconcile.channels.apple_api import AppStoreApi
 from reconcile.channels.google import GoogleProcessor
-from reconcile.channels.google_play import PlayClient
+from reconcile.channels.google_play import PlayClient, PlayPermanentError
+from reconcile.channels.portal import PortalExpiryJob
 from reconcile.config import Settings
+from reconcile.consumption import ConsumptionJob
 from reconcile.db import make_engine, make_sessionmaker
 from reconcile.metrics import Metrics
+from reconcile.outbox import GoogleCancelJob
 from reconcile.ratelimit import RateLimiter
 from reconcile.worker import Clock, InboxJob, Job, Processor, Worker, utcnow, worker_id
 from webhooks.apple import AppleVerifier, load_certificate
@@ -30,10 +35,13 @@ class Services:
     clock: Clock
     metrics: Metrics
     apple: AppleVerifier | None
+    apple_api: AppStoreApi | None = None
     google_push: PushAuthenticator | None = None
     play: PlayClient | None = None
     processors: dict[str, Processor] = field(default_factory=dict)
     jobs: list[Job] = field(default_factory=list)
+    # What a cancellation or plan change means on each channel (reconcile.cancellation).
+    cancellers: dict[str, Canceller] = field(default_factory=dict)
     intake: Intake = field(init=False)
 
     def __post_init__(self) -> None:
@@ -62,8 +70,9 @@ def build_services(settings: Settings, *, clock: Clock = utcnow) -> Services:
     metrics = Metrics(sessions, clock, settings.google_ack_watchdog_hours)
     services = Services(
         settings=settings, engine=engine, sessions=sessions, clock=clock, metrics=metrics,
-        apple=build_apple_verifier(settings), google_push=build_push_authenticator(settings),
-        play=build_play_client(settings),
+        apple=build_apple_verifier(settings), apple_api=AppStoreApi.from_settings(settings),
+        google_push=build_push_authenticator(settings), play=build_play_client(settings),
+        cancellers=default_cancellers(settings.google_package_name),
     )
     if services.apple is not None:
         services.processors["apple"] = AppleProcessor(services.apple)
@@ -88,9 +97,19 @@ def build_services(settings: Settings, *, clock: Clock = utcnow) -> Services:
         services.jobs.append(AcknowledgementJob(
             sessions, services.play, batch_size=settings.worker_batch_size,
             concurrency=settings.google_read_concurrency))
+        services.jobs.append(
+            GoogleCancelJob(sessions=sessions, play=services.play, owner=worker_id(),
+                            is_permanent=lambda error: isinstance(error, PlayPermanentError),
+                            max_attempts=settings.worker_max_attempts)
+        )
     if settings.google_package_name:
         services.jobs.append(AcknowledgementWatchdog(
             sessions, age=timedelta(hours=settings.google_ack_watchdog_hours)))
+    services.jobs.append(
+        ConsumptionJob(sessions=sessions, api=services.apple_api, owner=worker_id(),
+                       max_attempts=settings.worker_max_attempts)
+    )
+    services.jobs.append(PortalExpiryJob(sessions=sessions))
     return services
 
 

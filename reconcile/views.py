@@ -81,6 +81,8 @@ def subscription_json(
     now: datetime,
 ) -> dict[str, Any]:
     status = Status(row.status)
+    if cancellation is not None and cancellation.state == "confirmed" and row.auto_renew:
+        cancellation = None  # renewal was switched back on after the cancellation took effect
     return {
         "id": row.id,
         "channel": row.channel,
@@ -109,6 +111,28 @@ def cancellation_json(entry: OutboxEntry | None) -> dict[str, Any] | None:
         "state": CANCELLATION_STATES.get(entry.state, entry.state),
         "requested_at": iso(entry.created_at),
         "manage_url": (entry.payload or {}).get("manage_url"),
+    }
+
+
+def request_json(entry: OutboxEntry) -> dict[str, Any]:
+    """One cancellation or plan change asked of a channel, with everything known about it."""
+    payload = entry.payload or {}
+    return {
+        "id": entry.id,
+        "kind": entry.kind,
+        "subscription_id": entry.subscription_id,
+        "channel": entry.channel,
+        "reason": entry.reason,
+        "note": entry.note,
+        "product_id": payload.get("product_id"),
+        "state": CANCELLATION_STATES.get(entry.state, entry.state),
+        "manage_url": payload.get("manage_url"),
+        "cancellation_type": payload.get("cancellation_type"),
+        "failure": entry.error if entry.state == "failed" else None,
+        "attempts": entry.attempts,
+        "requested_at": iso(entry.created_at),
+        "sent_at": iso(entry.sent_at),
+        "confirmed_at": iso(entry.confirmed_at),
     }
 
 
@@ -158,4 +182,38 @@ def purchase_json(row: Purchase, blocked: bool) -> dict[str, Any]:
         "consumed": row.consumed,
         "purchased_at": iso(row.purchased_at),
         "revoked_at": iso(row.revoked_at),
+    }
+
+
+def account_document(session: Session, account_id: str, now: datetime) -> dict[str, Any] | None:
+    """An account's entitlement, block, consent, usage, subscriptions and purchases; None when
+    the service knows nothing of it."""
+    subs = list(
+        session.scalars(
+            select(Subscription).where(Subscription.account_id == account_id)
+            .order_by(Subscription.created_at, Subscription.id)
+        )
+    )
+    purchases = list(
+        session.scalars(
+            select(Purchase).where(Purchase.account_id == account_id)
+            .order_by(Purchase.created_at, Purchase.id)
+        )
+    )
+    row = session.get(Account, account_id)
+    if row is None and not subs and not purchases:
+        return None
+    blocked = row is not None and row.blocked_at is not None
+    items = present(session, subs, now)
+    purchase_items = [purchase_json(p, blocked) for p in purchases]
+    return {
+        "account_id": account_id,
+        "entitled": any(s["entitled"] for s in items),
+        "blocked": None if row is None or row.blocked_at is None
+        else {"at": iso(row.blocked_at), "reason": row.block_reason},
+        "consumption_data_consent": bool(row and row.consumption_consent),
+        "usage": {"credits_purchased": row.credits_purchased if row else 0,
+                  "credits_used": row.credits_used if row else 0},
+        "subscriptions": items,
+        "purchases": purchase_items,
     }

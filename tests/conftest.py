@@ -151,6 +151,19 @@ def apple_api_settings(
     }
 
 
+@pytest.fixture
+def apple_app(
+    make_settings: Callable[..., Settings], apple_api_settings: dict[str, Any], clock: FakeClock
+) -> Iterator[RunningApp]:
+    """The service with its App Store Server API client pointed at the fake App Store (one
+    attempt per call, so the worker's own retry with backoff is what a test sees)."""
+    services = build_services(make_settings(**apple_api_settings, apple_api_attempts=1),
+                              clock=clock)
+    with serve_in_thread(services, ADMIN_TOKEN) as running:
+        yield running
+    services.close()
+
+
 @pytest.fixture(scope="session")
 def oidc() -> Iterator[OidcIssuer]:
     """One push-token issuer for the session; tests that rotate or break it make their own."""

@@ -28,7 +28,9 @@ def get_session(services: ServicesDep) -> Iterator[Session]:
         yield session
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": the commit happens before the answer is sent, so a client that saw 2xx
+# sees the write in its next request (FastAPI's default runs this after the response).
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def get_now(services: ServicesDep) -> datetime:
