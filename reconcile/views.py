@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from reconcile.models import Account, OutboxEntry, Purchase, StoreId, Subscription
@@ -136,18 +136,16 @@ def request_json(entry: OutboxEntry) -> dict[str, Any]:
     }
 
 
-def list_subscriptions(
-    session: Session,
+def subscriptions_query(
     *,
     channel: str | None = None,
     store_id: str | None = None,
     account_id: str | None = None,
     status: str | None = None,
     environment: str | None = None,
-    after: str | None = None,
-    limit: int = 100,
-) -> list[Subscription]:
-    query = select(Subscription).order_by(Subscription.id).limit(limit)
+) -> Select[tuple[Subscription]]:
+    """Subscriptions matching the admin API's filters; `store_id` matches any of their ids."""
+    query = select(Subscription)
     if channel:
         query = query.where(Subscription.channel == channel)
     if store_id:
@@ -160,9 +158,7 @@ def list_subscriptions(
         query = query.where(Subscription.status == status)
     if environment:
         query = query.where(Subscription.environment == environment)
-    if after:
-        query = query.where(Subscription.id > after)
-    return list(session.scalars(query))
+    return query
 
 
 def purchase_json(row: Purchase, blocked: bool) -> dict[str, Any]:

@@ -10,9 +10,9 @@ from fastapi import APIRouter, Query
 from sqlalchemy import select
 
 from reconcile.api.deps import SessionDep
-from reconcile.errors import DomainError
+from reconcile.api.pages import keyset_page
 from reconcile.models import OutboxEntry, Refund
-from reconcile.views import decode_cursor, encode_cursor, iso
+from reconcile.views import iso
 
 router = APIRouter(prefix="/v1/refunds", tags=["refunds"])
 
@@ -25,18 +25,12 @@ def refunds(
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> dict[str, Any]:
-    query = select(Refund).order_by(Refund.id).limit(limit + 1)
+    query = select(Refund)
     if channel:
         query = query.where(Refund.channel == channel)
     if account_id:
         query = query.where(Refund.account_id == account_id)
-    if cursor:
-        try:
-            query = query.where(Refund.id > int(decode_cursor(cursor)))
-        except ValueError as error:
-            raise DomainError("malformed cursor", cursor=cursor) from error
-    rows = list(session.scalars(query))
-    page, more = rows[:limit], len(rows) > limit
+    page, next_cursor = keyset_page(session, query, Refund.id, cursor, limit, int)
     return {
         "items": [
             {
@@ -53,7 +47,7 @@ def refunds(
             }
             for r in page
         ],
-        "next_cursor": encode_cursor(str(page[-1].id)) if more else None,
+        "next_cursor": next_cursor,
     }
 
 
@@ -70,19 +64,12 @@ def refund_requests(
 ) -> dict[str, Any]:
     """Customers' refund requests Apple asked us about (CONSUMPTION_REQUEST): what we answered
     (`sent`, `skipped` with why, `failed`, or still `pending`) and how Apple decided."""
-    query = (select(OutboxEntry).where(OutboxEntry.kind == "consumption")
-             .order_by(OutboxEntry.id).limit(limit + 1))
+    query = select(OutboxEntry).where(OutboxEntry.kind == "consumption")
     if account_id:
         query = query.where(OutboxEntry.account_id == account_id)
     if state:
         query = query.where(OutboxEntry.state == state)
-    if cursor:
-        try:
-            query = query.where(OutboxEntry.id > int(decode_cursor(cursor)))
-        except ValueError as error:
-            raise DomainError("malformed cursor", cursor=cursor) from error
-    rows = list(session.scalars(query))
-    page, more = rows[:limit], len(rows) > limit
+    page, next_cursor = keyset_page(session, query, OutboxEntry.id, cursor, limit, int)
     return {
         "items": [
             {
@@ -104,7 +91,7 @@ def refund_requests(
             }
             for e in page
         ],
-        "next_cursor": encode_cursor(str(page[-1].id)) if more else None,
+        "next_cursor": next_cursor,
     }
 
 
