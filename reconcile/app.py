@@ -9,9 +9,12 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from reconcile.api import (
+    account_actions,
     accounts,
     acknowledgements,
+    actions,
     health,
+    portal,
     reconciliations,
     refunds,
     subscriptions,
@@ -44,6 +47,10 @@ def create_app(services: Services, *, run_worker: bool = True) -> FastAPI:
     app.include_router(subscriptions.router, dependencies=admin)
     app.include_router(accounts.router, dependencies=admin)
     app.include_router(refunds.router, dependencies=admin)
+    app.include_router(refunds.requests_router, dependencies=admin)
+    app.include_router(actions.router, dependencies=admin)
+    app.include_router(account_actions.router, dependencies=admin)
+    app.include_router(portal.router, dependencies=admin)
     app.include_router(reconciliations.router, dependencies=admin)
     app.include_router(acknowledgements.router, dependencies=admin)
 

@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     google_api_backoff_seconds: float = Field(default=0.5, ge=0)
 
     apple_calls_per_second: float = Field(default=50.0, gt=0)
+    # Attempts per App Store API call before the caller's own backoff takes over.
+    apple_api_attempts: int = Field(default=4, gt=0)
 
     # Background worker.
     worker_poll_seconds: float = Field(default=0.2, gt=0)

@@ -24,9 +24,7 @@ MIGRATION_LOCK = 0x7265636F6E63696C
 def make_engine(url: str) -> Engine:
     """An engine for `url`, with SQLite set up for concurrent readers and one writer."""
     if url.startswith("sqlite"):
-        engine = create_engine(
-            url, connect_args={"timeout": 30, "check_same_thread": False}, pool_pre_ping=True
-        )
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -33,6 +33,13 @@ class Conflict(DomainError):
     code = "conflict"
 
 
+class Invalid(DomainError):
+    """The request is well-formed but asks for something impossible; nothing was changed."""
+
+    status_code = 422
+    code = "invalid"
+
+
 class UnknownReconciliation(NotFound):
     def __init__(self, run_id: str) -> None:
         super().__init__(f"no reconciliation {run_id}", run_id=run_id)

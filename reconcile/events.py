@@ -63,6 +63,14 @@ class ConsumptionRequested:
 
 
 @dataclass(frozen=True)
+class RefundDeclined:
+    """Apple declined a customer's refund request (the outcome of a CONSUMPTION_REQUEST)."""
+
+    transaction_id: str
+    declined_at: datetime
+
+
+@dataclass(frozen=True)
 class AcknowledgementDue:
     """A Google purchase that must be acknowledged (or consumed) or Google will refund it."""
 
@@ -93,6 +101,7 @@ class Normalised:
     purchase: PurchaseSeen | None = None
     refund: RefundSeen | None = None
     consumption_request: ConsumptionRequested | None = None
+    refund_declined: RefundDeclined | None = None
     acknowledgement: AcknowledgementDue | None = None
     # A subscription observation aimed at an older transaction: only revokes it in history.
     note: str | None = None
@@ -127,6 +136,8 @@ class Normalised:
                 "transaction_id": self.consumption_request.transaction_id,
                 "reason": self.consumption_request.reason,
             }
+        if self.refund_declined is not None:
+            out["refund_declined"] = {"transaction_id": self.refund_declined.transaction_id}
         if self.acknowledgement is not None:
             out["acknowledgement"] = {
                 "store_id": self.acknowledgement.store_id,

@@ -20,6 +20,7 @@ from reconcile.events import (
     ConsumptionRequested,
     Normalised,
     PurchaseSeen,
+    RefundDeclined,
     RefundSeen,
 )
 from reconcile.ids import new_id
@@ -75,6 +76,8 @@ def ingest(
         record_refund(session, outcome.refund, now, applied.subscription_id)
     if outcome.consumption_request is not None:
         queue_consumption_answer(session, outcome.consumption_request, now)
+    if outcome.refund_declined is not None:
+        record_refund_declined(session, outcome.refund_declined)
     if outcome.acknowledgement is not None:
         require_acknowledgement(session, outcome.acknowledgement, now)
     return applied
@@ -171,6 +174,8 @@ def apply_observation(
         ensure_account(session, after.account_id, now)
     if changed and not after.auto_renew:
         confirm_cancellations(session, row, now)
+    if changed:
+        confirm_plan_changes(session, row, now)
     return Applied(row.id, changed)
 
 
@@ -356,6 +361,15 @@ def _settle_consumption_requests(session: Session, seen: RefundSeen) -> None:
         entry.outcome = "refund_reversed" if seen.reversed else "refunded"
 
 
+def record_refund_declined(session: Session, seen: RefundDeclined) -> None:
+    """Track how a refund request ended: Apple declined it."""
+    for entry in session.scalars(
+        select(OutboxEntry).where(OutboxEntry.kind == "consumption",
+                                  OutboxEntry.store_id == seen.transaction_id)
+    ):
+        entry.outcome = "declined"
+
+
 def queue_consumption_answer(session: Session, seen: ConsumptionRequested, now: datetime) -> None:
     key = f"{seen.transaction_id}:{seen.notification_id}"
     exists = session.scalars(
@@ -397,3 +411,17 @@ def confirm_cancellations(session: Session, row: Subscription, now: datetime) ->
     ):
         entry.state = "confirmed"
         entry.confirmed_at = now
+
+
+def confirm_plan_changes(session: Session, row: Subscription, now: datetime) -> None:
+    """The store now renews (or already delivers) the product a plan change asked for."""
+    for entry in session.scalars(
+        select(OutboxEntry).where(
+            OutboxEntry.subscription_id == row.id,
+            OutboxEntry.kind == "change_plan",
+            OutboxEntry.state.in_(("pending", "sent", "customer_action_required")),
+        )
+    ):
+        if entry.payload.get("product_id") in (row.renewal_product_id, row.product_id):
+            entry.state = "confirmed"
+            entry.confirmed_at = now

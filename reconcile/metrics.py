@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -16,6 +17,7 @@ from reconcile.models import (
     Acknowledgement,
     Discrepancy,
     InboxEntry,
+    OutboxEntry,
     ReconciliationRun,
     Refund,
 )
@@ -65,6 +67,21 @@ class _DatabaseCollector(Collector):
             "reconcile_store_refunds", "Refunds the stores made (not reversed).",
             labels=["channel"],
         )
+        amounts = GaugeMetricFamily(
+            "reconcile_store_refunds_amount",
+            "Sum refunded by the stores (not reversed), in the currency's units, where known.",
+            labels=["channel", "currency"],
+        )
+        requests = GaugeMetricFamily(
+            "reconcile_refund_requests",
+            "Apple refund requests (CONSUMPTION_REQUEST) by our answer's state and Apple's "
+            "outcome (none until Apple decides).", labels=["state", "outcome"],
+        )
+        cancellations = GaugeMetricFamily(
+            "reconcile_cancellations",
+            "Cancellations and plan changes asked of the channels, by kind, channel and state.",
+            labels=["kind", "channel", "state"],
+        )
         unacked = GaugeMetricFamily(
             "reconcile_google_unacknowledged",
             "Google purchases still unacknowledged past the watchdog age.",
@@ -87,6 +104,26 @@ class _DatabaseCollector(Collector):
                 .group_by(Refund.channel)
             ):
                 refunds.add_metric([channel], count)
+            totals: dict[tuple[str, str], Decimal] = {}
+            for channel, currency, amount in session.execute(
+                select(Refund.channel, Refund.currency, Refund.amount)
+                .where(Refund.reversed_at.is_(None), Refund.amount.is_not(None))
+            ):
+                key = (channel, currency or "")
+                totals[key] = totals.get(key, Decimal(0)) + _decimal(amount)
+            for (channel, currency), total in sorted(totals.items()):
+                amounts.add_metric([channel, currency], float(total))
+            for kind, channel, state, outcome, count in session.execute(
+                select(OutboxEntry.kind, OutboxEntry.channel, OutboxEntry.state,
+                       OutboxEntry.outcome, func.count())
+                .where(OutboxEntry.kind.in_(("consumption", "cancel", "change_plan")))
+                .group_by(OutboxEntry.kind, OutboxEntry.channel, OutboxEntry.state,
+                          OutboxEntry.outcome)
+            ):
+                if kind == "consumption":
+                    requests.add_metric([state, outcome or "none"], count)
+                else:
+                    cancellations.add_metric([kind, channel, state], count)
             cutoff = now - timedelta(hours=self.ack_hours)
             stale = session.scalar(
                 select(func.count()).select_from(Acknowledgement).where(
@@ -96,7 +133,8 @@ class _DatabaseCollector(Collector):
             )
             unacked.add_metric([], stale or 0)
             reconciliation = list(_reconciliation(session, now))
-        yield from (by_status, lag, refunds, unacked, *reconciliation)
+        yield from (by_status, lag, refunds, amounts, requests, cancellations, unacked,
+                    *reconciliation)
 
 
 def _reconciliation(session: Session, now: datetime) -> Iterator[Metric]:
@@ -138,3 +176,10 @@ def _seconds(now: datetime, then: datetime) -> float:
     if then.tzinfo is None:
         then = then.replace(tzinfo=UTC)
     return max(0.0, (now - then).total_seconds())
+
+
+def _decimal(amount: str) -> Decimal:
+    try:
+        return Decimal(amount)
+    except InvalidOperation:
+        return Decimal(0)

@@ -11,15 +11,19 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from reconcile.acknowledgements import AcknowledgementJob, AcknowledgementWatchdog
+from reconcile.cancellation import Canceller, default_cancellers
 from reconcile.channels.apple import AppleProcessor
 from reconcile.channels.apple_api import AppStoreApi
 from reconcile.channels.apple_truth import AppleTruth
 from reconcile.channels.google import GoogleProcessor
-from reconcile.channels.google_play import PlayClient
+from reconcile.channels.google_play import PlayClient, PlayPermanentError
 from reconcile.channels.google_truth import GoogleTruth
+from reconcile.channels.portal import PortalExpiryJob
 from reconcile.config import Settings
+from reconcile.consumption import ConsumptionJob
 from reconcile.db import make_engine, make_sessionmaker
 from reconcile.metrics import Metrics
+from reconcile.outbox import GoogleCancelJob
 from reconcile.ratelimit import RateLimiter
 from reconcile.reconciliation.job import ReconcileJob
 from reconcile.reconciliation.runner import Reconciler
@@ -27,6 +31,7 @@ from reconcile.reconciliation.sources import TruthSource
 from reconcile.worker import Clock, InboxJob, Job, Processor, Worker, utcnow, worker_id
 from webhooks.apple import AppleVerifier, load_certificate
 from webhooks.google import PushAuthenticator
+from webhooks.intake import Intake
 
 
 @dataclass
@@ -44,12 +49,19 @@ class Services:
     processors: dict[str, Processor] = field(default_factory=dict)
     truth: dict[str, TruthSource] = field(default_factory=dict)
     jobs: list[Job] = field(default_factory=list)
+    # What a cancellation or plan change means on each channel (reconcile.cancellation).
+    cancellers: dict[str, Canceller] = field(default_factory=dict)
+    intake: Intake = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.intake = Intake(self.sessions)
 
     def worker(self) -> Worker:
         return Worker(self.jobs, clock=self.clock, poll_seconds=self.settings.worker_poll_seconds)
 
     def close(self) -> None:
         self.reconciler.close()
+        self.intake.close()
         google = self.processors.get("google")
         if isinstance(google, GoogleProcessor):
             google.close()
@@ -79,6 +91,7 @@ def build_services(
         apple=build_apple_verifier(settings), reconciler=reconciler, truth=truth,
         apple_api=AppStoreApi.from_settings(settings, sleep=sleep),
         google_push=build_push_authenticator(settings), play=build_play_client(settings),
+        cancellers=default_cancellers(settings.google_package_name),
     )
     if services.apple is not None:
         services.processors["apple"] = AppleProcessor(services.apple)
@@ -107,9 +120,19 @@ def build_services(
         services.jobs.append(AcknowledgementJob(
             sessions, services.play, batch_size=settings.worker_batch_size,
             concurrency=settings.google_read_concurrency))
+        services.jobs.append(
+            GoogleCancelJob(sessions=sessions, play=services.play, owner=worker_id(),
+                            is_permanent=lambda error: isinstance(error, PlayPermanentError),
+                            max_attempts=settings.worker_max_attempts)
+        )
     if settings.google_package_name:
         services.jobs.append(AcknowledgementWatchdog(
             sessions, age=timedelta(hours=settings.google_ack_watchdog_hours)))
+    services.jobs.append(
+        ConsumptionJob(sessions=sessions, api=services.apple_api, owner=worker_id(),
+                       max_attempts=settings.worker_max_attempts)
+    )
+    services.jobs.append(PortalExpiryJob(sessions=sessions))
     interval = settings.reconcile_interval_minutes
     services.jobs.append(
         ReconcileJob(reconciler, timedelta(minutes=interval) if interval > 0 else None)

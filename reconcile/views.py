@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from reconcile.models import Account, OutboxEntry, Purchase, StoreId, Subscription
@@ -81,6 +81,8 @@ def subscription_json(
     now: datetime,
 ) -> dict[str, Any]:
     status = Status(row.status)
+    if cancellation is not None and cancellation.state == "confirmed" and row.auto_renew:
+        cancellation = None  # renewal was switched back on after the cancellation took effect
     return {
         "id": row.id,
         "channel": row.channel,
@@ -112,18 +114,38 @@ def cancellation_json(entry: OutboxEntry | None) -> dict[str, Any] | None:
     }
 
 
-def list_subscriptions(
-    session: Session,
+def request_json(entry: OutboxEntry) -> dict[str, Any]:
+    """One cancellation or plan change asked of a channel, with everything known about it."""
+    payload = entry.payload or {}
+    return {
+        "id": entry.id,
+        "kind": entry.kind,
+        "subscription_id": entry.subscription_id,
+        "channel": entry.channel,
+        "reason": entry.reason,
+        "note": entry.note,
+        "product_id": payload.get("product_id"),
+        "state": CANCELLATION_STATES.get(entry.state, entry.state),
+        "manage_url": payload.get("manage_url"),
+        "cancellation_type": payload.get("cancellation_type"),
+        "failure": entry.error if entry.state == "failed" else None,
+        "attempts": entry.attempts,
+        "requested_at": iso(entry.created_at),
+        "sent_at": iso(entry.sent_at),
+        "confirmed_at": iso(entry.confirmed_at),
+    }
+
+
+def subscriptions_query(
     *,
     channel: str | None = None,
     store_id: str | None = None,
     account_id: str | None = None,
     status: str | None = None,
     environment: str | None = None,
-    after: str | None = None,
-    limit: int = 100,
-) -> list[Subscription]:
-    query = select(Subscription).order_by(Subscription.id).limit(limit)
+) -> Select[tuple[Subscription]]:
+    """Subscriptions matching the admin API's filters; `store_id` matches any of their ids."""
+    query = select(Subscription)
     if channel:
         query = query.where(Subscription.channel == channel)
     if store_id:
@@ -136,9 +158,7 @@ def list_subscriptions(
         query = query.where(Subscription.status == status)
     if environment:
         query = query.where(Subscription.environment == environment)
-    if after:
-        query = query.where(Subscription.id > after)
-    return list(session.scalars(query))
+    return query
 
 
 def purchase_json(row: Purchase, blocked: bool) -> dict[str, Any]:
@@ -158,4 +178,38 @@ def purchase_json(row: Purchase, blocked: bool) -> dict[str, Any]:
         "consumed": row.consumed,
         "purchased_at": iso(row.purchased_at),
         "revoked_at": iso(row.revoked_at),
+    }
+
+
+def account_document(session: Session, account_id: str, now: datetime) -> dict[str, Any] | None:
+    """An account's entitlement, block, consent, usage, subscriptions and purchases; None when
+    the service knows nothing of it."""
+    subs = list(
+        session.scalars(
+            select(Subscription).where(Subscription.account_id == account_id)
+            .order_by(Subscription.created_at, Subscription.id)
+        )
+    )
+    purchases = list(
+        session.scalars(
+            select(Purchase).where(Purchase.account_id == account_id)
+            .order_by(Purchase.created_at, Purchase.id)
+        )
+    )
+    row = session.get(Account, account_id)
+    if row is None and not subs and not purchases:
+        return None
+    blocked = row is not None and row.blocked_at is not None
+    items = present(session, subs, now)
+    purchase_items = [purchase_json(p, blocked) for p in purchases]
+    return {
+        "account_id": account_id,
+        "entitled": any(s["entitled"] for s in items),
+        "blocked": None if row is None or row.blocked_at is None
+        else {"at": iso(row.blocked_at), "reason": row.block_reason},
+        "consumption_data_consent": bool(row and row.consumption_consent),
+        "usage": {"credits_purchased": row.credits_purchased if row else 0,
+                  "credits_used": row.credits_used if row else 0},
+        "subscriptions": items,
+        "purchases": purchase_items,
     }

@@ -154,8 +154,11 @@ class InboxJob:
                             .with_for_update()
                         )
                     }
-                    for entry, result in batch:
-                        self._apply(session, rows.get(entry.id), entry, result, now)
+                    # One flush for the batch lets inserts go out as multi-row statements;
+                    # ingest flushes itself wherever a later lookup needs what it added.
+                    with session.no_autoflush:
+                        for entry, result in batch:
+                            self._apply(session, rows.get(entry.id), entry, result, now)
                 return
             except Exception:
                 log.warning("a batch of %d entries failed; applying them one by one", len(batch))

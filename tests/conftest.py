@@ -159,7 +159,21 @@ def no_sleep(_seconds: float) -> None:
 def apple_app(
     make_settings: Callable[..., Settings], apple_api_settings: dict[str, Any], clock: FakeClock
 ) -> Iterator[RunningApp]:
-    """The service with the App Store API pointed at the fake (retries without sleeping).
+    """The service with its App Store Server API client pointed at the fake App Store (one
+    attempt per call, so the worker's own retry with backoff is what a test sees)."""
+    services = build_services(make_settings(**apple_api_settings, apple_api_attempts=1),
+                              clock=clock)
+    with serve_in_thread(services, ADMIN_TOKEN) as running:
+        yield running
+    services.close()
+
+
+@pytest.fixture
+def recon_app(
+    make_settings: Callable[..., Settings], apple_api_settings: dict[str, Any], clock: FakeClock
+) -> Iterator[RunningApp]:
+    """The service with the App Store API pointed at the fake, its client retrying without
+    sleeping (reconciliation reports what is left after the client's retries).
 
     Sandbox only: the fake is one environment, and with both configured each history read
     would be made twice against it."""
@@ -168,6 +182,8 @@ def apple_app(
     with serve_in_thread(services, ADMIN_TOKEN) as running:
         yield running
     services.close()
+
+
 @pytest.fixture(scope="session")
 def oidc() -> Iterator[OidcIssuer]:
     """One push-token issuer for the session; tests that rotate or break it make their own."""

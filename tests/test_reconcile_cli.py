@@ -41,11 +41,11 @@ def cli_env(
 
 
 def test_run_reports_repairs_and_exits_zero(
-    apple_app: RunningApp, apple_ca: AppleTestCA, fake_appstore: FakeAppStore,
+    recon_app: RunningApp, apple_ca: AppleTestCA, fake_appstore: FakeAppStore,
     cli_env: dict[str, str],
 ) -> None:
     """A dry run prints the drift and exits 0 without repairing; the real run repairs it."""
-    sub = subscribe(apple_app, apple_ca, "7601")
+    sub = subscribe(recon_app, apple_ca, "7601")
     store_has(fake_appstore, "7601", auto_renew=0)
     dry = run_cli(cli_env, "--dry-run")
     assert dry.returncode == 0, dry.stdout + dry.stderr
@@ -53,22 +53,22 @@ def test_run_reports_repairs_and_exits_zero(
     assert "dry run: nothing repaired" in dry.stdout
     assert "│ auto_renew │     1 │        0 │" in dry.stdout
     assert "│ checked      │ 1 of 1" in dry.stdout
-    assert apple_app.client.get(f"/v1/subscriptions/{sub['id']}").json()["auto_renew"] is True
+    assert recon_app.client.get(f"/v1/subscriptions/{sub['id']}").json()["auto_renew"] is True
 
     real = run_cli(cli_env, "--channel", "apple")
     assert real.returncode == 0, real.stdout + real.stderr
     assert "│ auto_renew │     1 │        1 │" in real.stdout
-    assert apple_app.client.get(f"/v1/subscriptions/{sub['id']}").json()["auto_renew"] is False
-    runs = apple_app.client.get("/v1/reconciliations").json()["items"]
+    assert recon_app.client.get(f"/v1/subscriptions/{sub['id']}").json()["auto_renew"] is False
+    runs = recon_app.client.get("/v1/reconciliations").json()["items"]
     assert [(r["dry_run"], r["status"]) for r in runs] == [(False, "done"), (True, "done")]
 
 
 def test_failed_run_exits_non_zero(
-    apple_app: RunningApp, apple_ca: AppleTestCA, fake_appstore: FakeAppStore,
+    recon_app: RunningApp, apple_ca: AppleTestCA, fake_appstore: FakeAppStore,
     cli_env: dict[str, str],
 ) -> None:
     """A store that refuses every call makes the run fail, and the command exit 1."""
-    subscribe(apple_app, apple_ca, "7602")
+    subscribe(recon_app, apple_ca, "7602")
     store_has(fake_appstore, "7602", signed=STORE_AT)
     fake_appstore.fail_next("/inApps/v1/", 401, times=10)
     failed = run_cli(cli_env)

@@ -44,36 +44,36 @@ def missed(otid: str, notification_uuid: str, signed: int) -> dict[str, Any]:
 
 
 def test_missed_notification_comes_back_through_history(
-    apple_app: RunningApp, apple_ca: AppleTestCA, fake_appstore: FakeAppStore
+    recon_app: RunningApp, apple_ca: AppleTestCA, fake_appstore: FakeAppStore
 ) -> None:
     """A notification we never received is recorded from history and processed like a webhook;
     one we did receive is recognised by its UUID; the next run reads on from where this ended."""
-    subscribe(apple_app, apple_ca, "7101", notification_uuid="aaaaaaaa-0000-4000-8000-000000000001")
+    subscribe(recon_app, apple_ca, "7101", notification_uuid="aaaaaaaa-0000-4000-8000-000000000001")
     store_has(fake_appstore, "7101")
     fake_appstore.add_notification(missed("7101", "aaaaaaaa-0000-4000-8000-000000000001",
                                           STORE_AT - DAY_MS))
     fake_appstore.add_notification(missed("7102", "bbbbbbbb-0000-4000-8000-000000000002",
                                           STORE_AT - DAY_MS))
     store_has(fake_appstore, "7102", expires=STORE_AT + 28 * DAY_MS)
-    report = reconcile(apple_app)
+    report = reconcile(recon_app)
     assert report["status"] == "done"
     found = kinds(report)["missing_here"]
     assert (found["store_id"], found["subscription_id"], found["here"]) == ("7102", None, None)
     assert found["repaired"] is True
     assert "bbbbbbbb-0000-4000-8000-000000000002" in found["store"]
-    apple_app.drain()
-    [sub] = apple_app.client.get("/v1/subscriptions", params={"store_id": "7102"}).json()["items"]
+    recon_app.drain()
+    [sub] = recon_app.client.get("/v1/subscriptions", params={"store_id": "7102"}).json()["items"]
     assert sub["status"] == "active"
     first_end = fake_appstore.calls_to(HISTORY)[-1].body["endDate"]
 
-    apple_app.services.clock.advance(hours=6)  # type: ignore[attr-defined]
-    again = reconcile(apple_app)
+    recon_app.services.clock.advance(hours=6)  # type: ignore[attr-defined]
+    again = reconcile(recon_app)
     assert [d["kind"] for d in again["discrepancies"]] == []
     assert fake_appstore.calls_to(HISTORY)[-1].body["startDate"] == first_end - 3_600_000
 
 
 def test_history_is_read_page_by_page(
-    apple_app: RunningApp, fake_appstore: FakeAppStore
+    recon_app: RunningApp, fake_appstore: FakeAppStore
 ) -> None:
     """More missed notifications than one history page holds are all recovered."""
     for n in range(25):
@@ -81,70 +81,70 @@ def test_history_is_read_page_by_page(
         fake_appstore.add_notification(missed(otid, f"dddddddd-0000-4000-8000-{n:012d}",
                                               STORE_AT - DAY_MS + n))
         store_has(fake_appstore, otid, expires=STORE_AT + 28 * DAY_MS)
-    report = reconcile(apple_app)
+    report = reconcile(recon_app)
     assert report["status"] == "done"
     assert sorted(d["store_id"] for d in report["discrepancies"]) == [
         f"71{n:02d}" for n in range(25)]
     assert len(fake_appstore.calls_to(HISTORY)) == 2
-    apple_app.drain()
-    assert len(apple_app.client.get("/v1/subscriptions", params={"limit": 100}).json()[
+    recon_app.drain()
+    assert len(recon_app.client.get("/v1/subscriptions", params={"limit": 100}).json()[
         "items"]) == 25
 
 
 def test_dry_run_recovers_nothing(
-    apple_app: RunningApp, fake_appstore: FakeAppStore
+    recon_app: RunningApp, fake_appstore: FakeAppStore
 ) -> None:
     """A dry run reports a missed notification but records nothing and keeps the cursor."""
     fake_appstore.add_notification(missed("7103", "cccccccc-0000-4000-8000-000000000003",
                                           STORE_AT - DAY_MS))
     store_has(fake_appstore, "7103")
-    report = reconcile(apple_app, dry_run=True)
+    report = reconcile(recon_app, dry_run=True)
     assert kinds(report)["missing_here"]["repaired"] is False
-    apple_app.drain()
-    assert apple_app.client.get("/v1/subscriptions").json()["items"] == []
-    assert kinds(reconcile(apple_app))["missing_here"]["repaired"] is True
+    recon_app.drain()
+    assert recon_app.client.get("/v1/subscriptions").json()["items"] == []
+    assert kinds(reconcile(recon_app))["missing_here"]["repaired"] is True
 
 
 @pytest.mark.parametrize("status", [429, 500, 503])
 def test_store_faults_are_retried(
-    apple_app: RunningApp, apple_ca: AppleTestCA, fake_appstore: FakeAppStore, status: int
+    recon_app: RunningApp, apple_ca: AppleTestCA, fake_appstore: FakeAppStore, status: int
 ) -> None:
     """A store that fails a few times and then answers is simply checked."""
-    subscribe(apple_app, apple_ca, "7201")
+    subscribe(recon_app, apple_ca, "7201")
     store_has(fake_appstore, "7201")
     fake_appstore.fail_next("/inApps/v1/subscriptions/7201", status, times=3)
-    report = reconcile(apple_app)
+    report = reconcile(recon_app)
     assert (report["status"], report["checked"], report["errors"]) == ("done", 1, 0)
     assert report["discrepancies"] == []
     assert len(fake_appstore.calls_to("/inApps/v1/subscriptions/7201")) == 4
 
 
 def test_persistent_store_fault_is_reported_not_drift(
-    apple_app: RunningApp, apple_ca: AppleTestCA, fake_appstore: FakeAppStore
+    recon_app: RunningApp, apple_ca: AppleTestCA, fake_appstore: FakeAppStore
 ) -> None:
     """A store that keeps failing fails the run with the error listed: no discrepancy, no
     change, while the other subscriptions are still checked."""
-    broken = subscribe(apple_app, apple_ca, "7202")
-    subscribe(apple_app, apple_ca, "7203")
+    broken = subscribe(recon_app, apple_ca, "7202")
+    subscribe(recon_app, apple_ca, "7203")
     store_has(fake_appstore, "7202", status=2)
     store_has(fake_appstore, "7203")
     fake_appstore.fail_next("/inApps/v1/subscriptions/7202", 503, times=4)
-    report = reconcile(apple_app)
+    report = reconcile(recon_app)
     assert (report["status"], report["checked"], report["errors"]) == ("failed", 1, 1)
     assert report["discrepancies"] == []
     assert "7202" in report["failures"][0]
     assert "503" in report["failures"][0]
-    now = apple_app.client.get(f"/v1/subscriptions/{broken['id']}").json()
+    now = recon_app.client.get(f"/v1/subscriptions/{broken['id']}").json()
     assert now["status"] == "active"
 
 
 def test_unreachable_store_is_reported_not_drift(
-    apple_app: RunningApp, apple_ca: AppleTestCA, fake_appstore: FakeAppStore
+    recon_app: RunningApp, apple_ca: AppleTestCA, fake_appstore: FakeAppStore
 ) -> None:
     """With the store unreachable every check and the history read fail as errors."""
-    subscribe(apple_app, apple_ca, "7204")
+    subscribe(recon_app, apple_ca, "7204")
     fake_appstore.stop()
-    report = reconcile(apple_app)
+    report = reconcile(recon_app)
     assert report["status"] == "failed"
     assert report["discrepancies"] == []
     assert report["errors"] == 2
@@ -152,42 +152,42 @@ def test_unreachable_store_is_reported_not_drift(
 
 
 def test_history_fault_keeps_the_cursor(
-    apple_app: RunningApp, fake_appstore: FakeAppStore
+    recon_app: RunningApp, fake_appstore: FakeAppStore
 ) -> None:
     """A history read that fails is reported and the next run reads the same window again."""
     fake_appstore.fail_next(HISTORY, 500, times=4)
-    report = reconcile(apple_app)
+    report = reconcile(recon_app)
     assert report["status"] == "failed"
     assert report["failures"][0].startswith("apple:history:")
     first_start = fake_appstore.calls_to(HISTORY)[0].body["startDate"]
-    reconcile(apple_app)
+    reconcile(recon_app)
     assert fake_appstore.calls_to(HISTORY)[-1].body["startDate"] == first_start
 
 
 def test_killed_run_resumes_from_its_checkpoint(
-    apple_app: RunningApp, apple_ca: AppleTestCA, fake_appstore: FakeAppStore
+    recon_app: RunningApp, apple_ca: AppleTestCA, fake_appstore: FakeAppStore
 ) -> None:
     """A run abandoned after one page is taken over once its lease ran out, continues after
     that page, and counts and reports every subscription exactly once."""
-    services = apple_app.services
+    services = recon_app.services
     clock: FakeClock = services.clock  # type: ignore[assignment]
     ids = [f"73{n:02d}" for n in range(5)]
     for otid in ids:
-        subscribe(apple_app, apple_ca, otid)
+        subscribe(recon_app, apple_ca, otid)
         store_has(fake_appstore, otid, auto_renew=0)
     crashed = Reconciler(services.sessions, services.truth, owner="crashed", page_size=2)
     with transaction(services.sessions) as session:
         run_id = crashed.start(session, Filters(), dry_run=False, now=clock(), claim=True).id
     crashed.advance(run_id, clock, max_pages=2)  # the history page, then two subscriptions
-    report = apple_app.client.get(f"/v1/reconciliations/{run_id}").json()
+    report = recon_app.client.get(f"/v1/reconciliations/{run_id}").json()
     assert (report["status"], report["checked"], len(report["discrepancies"])) == (
         "running", 2, 2)
 
-    apple_app.drain()  # the worker leaves a run whose lease is still held alone
-    assert apple_app.client.get(f"/v1/reconciliations/{run_id}").json()["checked"] == 2
+    recon_app.drain()  # the worker leaves a run whose lease is still held alone
+    assert recon_app.client.get(f"/v1/reconciliations/{run_id}").json()["checked"] == 2
     clock.advance(minutes=6)
-    apple_app.drain()
-    report = apple_app.client.get(f"/v1/reconciliations/{run_id}").json()
+    recon_app.drain()
+    report = recon_app.client.get(f"/v1/reconciliations/{run_id}").json()
     assert (report["status"], report["checked"]) == ("done", 5)
     assert sorted(d["store_id"] for d in report["discrepancies"]) == ids
     assert len(fake_appstore.calls_to("/inApps/v1/subscriptions/")) == 5
@@ -196,7 +196,7 @@ def test_killed_run_resumes_from_its_checkpoint(
 
 
 def test_urgent_subscriptions_are_checked_first(
-    apple_app: RunningApp, apple_ca: AppleTestCA, fake_appstore: FakeAppStore
+    recon_app: RunningApp, apple_ca: AppleTestCA, fake_appstore: FakeAppStore
 ) -> None:
     """Grace period, billing retry and soon-expiring subscriptions are asked about first."""
     soon = STORE_AT + DAY_MS
@@ -205,9 +205,9 @@ def test_urgent_subscriptions_are_checked_first(
         "7403": {"status": 3}, "7404": {"expires": soon}, "7405": {"status": 2},
     }
     for otid, plan in plans.items():
-        subscribe(apple_app, apple_ca, otid, **plan)
+        subscribe(recon_app, apple_ca, otid, **plan)
         store_has(fake_appstore, otid, **plan)
-    reconcile(apple_app)
+    reconcile(recon_app)
     order = [c.path.rsplit("/", 1)[1] for c in fake_appstore.calls_to("/inApps/v1/subscriptions")]
     assert set(order[:3]) == {"7402", "7403", "7404"}
     assert set(order[3:]) == {"7401", "7405"}
@@ -235,34 +235,34 @@ def test_worker_reconciles_on_a_schedule(
 
 
 def test_narrowed_runs(
-    apple_app: RunningApp, apple_ca: AppleTestCA, fake_appstore: FakeAppStore
+    recon_app: RunningApp, apple_ca: AppleTestCA, fake_appstore: FakeAppStore
 ) -> None:
     """A store id or account narrows the check; history is narrowed too, or skipped."""
     account = "0b6f6a8e-5d4a-4c7e-9f5e-000000000001"
-    subscribe(apple_app, apple_ca, "7501", account=account)
-    subscribe(apple_app, apple_ca, "7502")
+    subscribe(recon_app, apple_ca, "7501", account=account)
+    subscribe(recon_app, apple_ca, "7502")
     store_has(fake_appstore, "7501", auto_renew=0)
     store_has(fake_appstore, "7502", auto_renew=0)
-    by_store = reconcile(apple_app, store_id="7502")
+    by_store = reconcile(recon_app, store_id="7502")
     assert [(d["store_id"], d["kind"]) for d in by_store["discrepancies"]] == [
         ("7502", "auto_renew")]
     assert fake_appstore.calls_to(HISTORY)[-1].body["transactionId"] == "7502"
     history_reads = len(fake_appstore.calls_to(HISTORY))
-    by_account = reconcile(apple_app, account_id=account, dry_run=True)
+    by_account = reconcile(recon_app, account_id=account, dry_run=True)
     assert [(d["store_id"], d["kind"]) for d in by_account["discrepancies"]] == [
         ("7501", "auto_renew")]
     assert by_account["checked"] == 1
     assert len(fake_appstore.calls_to(HISTORY)) == history_reads
-    assert reconcile(apple_app, channel="portal")["checked"] == 0
+    assert reconcile(recon_app, channel="portal")["checked"] == 0
 
 
-def test_runs_api(apple_app: RunningApp, clock: FakeClock) -> None:
+def test_runs_api(recon_app: RunningApp, clock: FakeClock) -> None:
     """Runs are listed newest first with a cursor; unknown ids, unconfigured stores and
     missing credentials are refused."""
     for _ in range(3):
-        reconcile(apple_app, dry_run=True)
+        reconcile(recon_app, dry_run=True)
         clock.advance(minutes=1)
-    client = apple_app.client
+    client = recon_app.client
     first = client.get("/v1/reconciliations", params={"limit": 2}).json()
     assert len(first["items"]) == 2
     rest = client.get("/v1/reconciliations",
@@ -281,14 +281,14 @@ def test_runs_api(apple_app: RunningApp, clock: FakeClock) -> None:
 
 
 def test_metrics_show_the_newest_run(
-    apple_app: RunningApp, apple_ca: AppleTestCA, fake_appstore: FakeAppStore, clock: FakeClock
+    recon_app: RunningApp, apple_ca: AppleTestCA, fake_appstore: FakeAppStore, clock: FakeClock
 ) -> None:
     """Prometheus sees how old the last complete reconciliation is and what it found."""
-    subscribe(apple_app, apple_ca, "7701")
+    subscribe(recon_app, apple_ca, "7701")
     store_has(fake_appstore, "7701", auto_renew=0)
-    reconcile(apple_app, dry_run=True)
+    reconcile(recon_app, dry_run=True)
     clock.advance(minutes=5)
-    text = apple_app.client.get("/metrics").text
+    text = recon_app.client.get("/metrics").text
     assert 'reconcile_reconciliation_runs{status="done"} 1.0' in text
     assert "reconcile_reconciliation_age_seconds 300.0" in text
     assert ('reconcile_reconciliation_discrepancies{kind="auto_renew",repaired="false"} 1.0'

@@ -1,14 +1,26 @@
-"""Durable intake: a verified notification is in the inbox before the store hears 2xx."""
+"""Durable intake: a verified notification is in the inbox before the store hears 2xx.
+
+Concurrent webhook requests share transactions (group commit): one writer thread takes every
+notification waiting at that moment, inserts them all in one transaction and answers each
+request only after that transaction committed. Under load this turns a commit per request into a
+commit per batch, and requests never queue on the database's write lock one by one.
+"""
 
 from __future__ import annotations
 
+import queue
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from reconcile.db import transaction
 from reconcile.models import InboxEntry
 
 
@@ -27,61 +39,120 @@ class Incoming:
     error: str | None = None
 
 
-def record(sessions: sessionmaker[Session], incoming: Incoming, now: datetime) -> bool:
-    """Insert `incoming` unless its (channel, notification id) is known; True when new.
-
-    Commits before returning, so the caller may answer 2xx: the row survives a crash.
-    """
-    with sessions() as session:
-        session.add(_entry(incoming, now))
-        try:
-            session.commit()
-        except IntegrityError:
-            # Unique on (channel, notification id): the store sent it before.
-            session.rollback()
-            return False
-    return True
-
-
-def insert(session: Session, incoming: Incoming, now: datetime) -> bool:
-    """Like `record`, inside the caller's transaction (reconciliation feeding recovered
-    notifications in with its checkpoint); the caller commits. True when new."""
-    if is_known(session, incoming):
-        return False
+def insert_entry(session: Session, incoming: Incoming, now: datetime) -> bool:
+    """Insert `incoming` in the caller's transaction unless (channel, notification id) is
+    known; True when it was new."""
+    values: dict[str, Any] = {
+        "channel": incoming.channel,
+        "notification_id": incoming.notification_id,
+        "kind": incoming.kind[:96],
+        "subject": incoming.subject,
+        "environment": incoming.environment,
+        "payload": incoming.payload,
+        "store_time": incoming.store_time,
+        "received_at": now,
+        "status": incoming.status,
+        "attempts": 0,
+        "next_attempt_at": now,
+        "processed_at": now if incoming.status != "pending" else None,
+        "error": incoming.error,
+    }
+    connection = session.connection()
+    statement = _INSERT_IGNORING_DUPLICATES.get(connection.dialect.name)
+    if statement is not None:
+        return connection.execute(statement, values).first() is not None
     try:
         with session.begin_nested():
-            session.add(_entry(incoming, now))
+            connection.execute(insert(InboxEntry), values)
     except IntegrityError:
         return False
     return True
 
 
-def _entry(incoming: Incoming, now: datetime) -> InboxEntry:
-    return InboxEntry(
-        channel=incoming.channel,
-        notification_id=incoming.notification_id,
-        kind=incoming.kind[:96],
-        subject=incoming.subject,
-        environment=incoming.environment,
-        payload=incoming.payload,
-        store_time=incoming.store_time,
-        received_at=now,
-        status=incoming.status,
-        attempts=0,
-        next_attempt_at=now,
-        processed_at=now if incoming.status != "pending" else None,
-        error=incoming.error,
-    )
-
-
 def is_known(session: Session, incoming: Incoming) -> bool:
-    """Whether this (channel, notification id) is already in the inbox."""
-    return (
-        session.scalars(
-            select(InboxEntry.id).where(
-                InboxEntry.channel == incoming.channel,
-                InboxEntry.notification_id == incoming.notification_id,
-            )
-        ).first()
-        is not None
-    )
+    """Whether this (channel, notification id) is already in the inbox (a dry run's question)."""
+    return session.scalars(
+        select(InboxEntry.id).where(InboxEntry.channel == incoming.channel,
+                                    InboxEntry.notification_id == incoming.notification_id)
+    ).first() is not None
+
+
+# Built once: a statement with bound parameters compiles once and is reused from the cache.
+_INSERT_IGNORING_DUPLICATES = {
+    name: dialect_insert(InboxEntry)
+    .on_conflict_do_nothing(index_elements=["channel", "notification_id"])
+    .returning(InboxEntry.id)
+    for name, dialect_insert in (("sqlite", sqlite.insert), ("postgresql", postgresql.insert))
+}
+
+
+def record(sessions: sessionmaker[Session], incoming: Incoming, now: datetime) -> bool:
+    """Insert and commit one notification; True when new. The row survives a crash."""
+    with transaction(sessions) as session:
+        return insert_entry(session, incoming, now)
+
+
+_Job = tuple[Incoming, datetime, "Future[bool]"]
+
+
+class Intake:
+    """The group-committing writer behind the webhook routes."""
+
+    def __init__(self, sessions: sessionmaker[Session], *, max_batch: int = 500) -> None:
+        self._sessions = sessions
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, incoming: Incoming, now: datetime) -> Future[bool]:
+        """A future that resolves to True (new) / False (duplicate) once committed."""
+        future: Future[bool] = Future()
+        self._queue.put((incoming, now, future))
+        self._ensure_running()
+        return future
+
+    def record(self, incoming: Incoming, now: datetime, timeout: float = 30.0) -> bool:
+        return self.submit(incoming, now).result(timeout)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                self._queue.put(None)
+                self._thread.join(10)
+                self._thread = None
+
+    def _ensure_running(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="intake-writer",
+                                                daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self._max_batch:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    self._queue.put(None)
+                    break
+                batch.append(job)
+            self._write(batch)
+
+    def _write(self, batch: list[_Job]) -> None:
+        try:
+            with transaction(self._sessions) as session:
+                results = [insert_entry(session, incoming, now) for incoming, now, _ in batch]
+        except Exception as error:  # every waiting request answers 5xx; the stores retry
+            for _, _, future in batch:
+                future.set_exception(error)
+            return
+        for (_, _, future), new in zip(batch, results, strict=True):
+            future.set_result(new)

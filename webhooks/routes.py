@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request
-from sqlalchemy.exc import SQLAlchemyError
 
 from reconcile.api.deps import ServicesDep
 from webhooks.apple import AppleRejected, AppleUnavailable, VerifiedNotification, parse_body
 from webhooks.body import read_limited
 from webhooks.google import GoogleRejected, GoogleUnavailable, MalformedEnvelope, incoming
-from webhooks.intake import Incoming, record
+from webhooks.intake import Incoming
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
@@ -25,7 +25,7 @@ async def apple_body(request: Request) -> str:
         raise HTTPException(400, str(error)) from error
 
 
-def verified_apple(
+async def verified_apple(
     signed_payload: Annotated[str, Depends(apple_body)], services: ServicesDep
 ) -> VerifiedNotification:
     """The verified notification; 404 while Apple is not configured, 401 when not authentic."""
@@ -42,7 +42,7 @@ def verified_apple(
 
 
 @router.post("/apple")
-def apple(
+async def apple(
     notification: Annotated[VerifiedNotification, Depends(verified_apple)],
     services: ServicesDep,
 ) -> dict[str, bool]:
@@ -55,8 +55,8 @@ def apple(
         environment=notification.environment,
     )
     try:
-        new = record(services.sessions, incoming, services.clock())
-    except SQLAlchemyError as error:
+        new = await asyncio.wrap_future(services.intake.submit(incoming, services.clock()))
+    except Exception as error:
         log.error("could not record Apple notification: %s", type(error).__name__)
         raise HTTPException(503, "storage unavailable") from error
     if new:
@@ -101,8 +101,8 @@ def google(
     except MalformedEnvelope as error:
         raise HTTPException(400, str(error)) from error
     try:
-        new = record(services.sessions, entry, services.clock())
-    except SQLAlchemyError as error:
+        new = services.intake.record(entry, services.clock())
+    except Exception as error:
         log.error("could not record Google notification: %s", type(error).__name__)
         raise HTTPException(503, "storage unavailable") from error
     if new:

@@ -10,9 +10,9 @@ from sqlalchemy import select
 
 from reconcile.acknowledgements import counts, stale_filter
 from reconcile.api.deps import NowDep, ServicesDep, SessionDep
-from reconcile.errors import DomainError
+from reconcile.api.pages import keyset_page
 from reconcile.models import Acknowledgement
-from reconcile.views import decode_cursor, encode_cursor, iso
+from reconcile.views import iso
 
 router = APIRouter(prefix="/v1/acknowledgements", tags=["acknowledgements"])
 
@@ -28,20 +28,14 @@ def acknowledgements(
 ) -> dict[str, Any]:
     """`pending`: not yet acknowledged; `stale`: pending past the watchdog age."""
     age = timedelta(hours=services.settings.google_ack_watchdog_hours)
-    query = select(Acknowledgement).order_by(Acknowledgement.store_id).limit(limit + 1)
+    query = select(Acknowledgement)
     if state == "pending":
         query = query.where(Acknowledgement.acknowledged_at.is_(None))
     elif state == "stale":
         query = query.where(*stale_filter(now, age))
     elif state == "acknowledged":
         query = query.where(Acknowledgement.acknowledged_at.is_not(None))
-    if cursor:
-        try:
-            query = query.where(Acknowledgement.store_id > decode_cursor(cursor))
-        except ValueError as error:
-            raise DomainError("malformed cursor", cursor=cursor) from error
-    rows = list(session.scalars(query))
-    page, more = rows[:limit], len(rows) > limit
+    page, next_cursor = keyset_page(session, query, Acknowledgement.store_id, cursor, limit)
     return {
         "items": [
             {
@@ -59,6 +53,6 @@ def acknowledgements(
             }
             for row in page
         ],
-        "next_cursor": encode_cursor(page[-1].store_id) if more else None,
+        "next_cursor": next_cursor,
         "counts": counts(session, now, age),
     }

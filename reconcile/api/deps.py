@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session
 from reconcile.services import Services
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # async: FastAPI would otherwise hop to a worker thread just to read an attribute.
     services: Services = request.app.state.services
     return services
 
@@ -27,7 +28,9 @@ def get_session(services: ServicesDep) -> Iterator[Session]:
         yield session
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": the commit happens before the answer is sent, so a client that saw 2xx
+# sees the write in its next request (FastAPI's default runs this after the response).
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def get_now(services: ServicesDep) -> datetime:

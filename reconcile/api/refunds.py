@@ -1,16 +1,18 @@
-"""GET /v1/refunds: refunds the stores made anyway, which the business needs to see."""
+"""GET /v1/refunds: refunds the stores made anyway, which the business needs to see; and
+GET /v1/refund-requests: the refund requests Apple asked us to answer, and their outcomes."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from sqlalchemy import select
 
 from reconcile.api.deps import SessionDep
-from reconcile.errors import DomainError
-from reconcile.models import Refund
-from reconcile.views import decode_cursor, encode_cursor, iso
+from reconcile.api.pages import keyset_page
+from reconcile.models import OutboxEntry, Refund
+from reconcile.views import iso
 
 router = APIRouter(prefix="/v1/refunds", tags=["refunds"])
 
@@ -23,18 +25,12 @@ def refunds(
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> dict[str, Any]:
-    query = select(Refund).order_by(Refund.id).limit(limit + 1)
+    query = select(Refund)
     if channel:
         query = query.where(Refund.channel == channel)
     if account_id:
         query = query.where(Refund.account_id == account_id)
-    if cursor:
-        try:
-            query = query.where(Refund.id > int(decode_cursor(cursor)))
-        except ValueError as error:
-            raise DomainError("malformed cursor", cursor=cursor) from error
-    rows = list(session.scalars(query))
-    page, more = rows[:limit], len(rows) > limit
+    page, next_cursor = keyset_page(session, query, Refund.id, cursor, limit, int)
     return {
         "items": [
             {
@@ -51,5 +47,53 @@ def refunds(
             }
             for r in page
         ],
-        "next_cursor": encode_cursor(str(page[-1].id)) if more else None,
+        "next_cursor": next_cursor,
     }
+
+
+requests_router = APIRouter(prefix="/v1/refund-requests", tags=["refunds"])
+
+
+@requests_router.get("")
+def refund_requests(
+    session: SessionDep,
+    account_id: str | None = None,
+    state: str | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> dict[str, Any]:
+    """Customers' refund requests Apple asked us about (CONSUMPTION_REQUEST): what we answered
+    (`sent`, `skipped` with why, `failed`, or still `pending`) and how Apple decided."""
+    query = select(OutboxEntry).where(OutboxEntry.kind == "consumption")
+    if account_id:
+        query = query.where(OutboxEntry.account_id == account_id)
+    if state:
+        query = query.where(OutboxEntry.state == state)
+    page, next_cursor = keyset_page(session, query, OutboxEntry.id, cursor, limit, int)
+    return {
+        "items": [
+            {
+                "channel": e.channel,
+                "transaction_id": e.store_id,
+                "original_transaction_id": e.payload.get("original_transaction_id"),
+                "account_id": e.account_id,
+                "product_id": e.payload.get("product_id"),
+                "product_type": e.payload.get("product_type"),
+                "reason": e.payload.get("reason"),
+                "requested_at": _iso_text(e.payload.get("requested_at")),
+                "deadline_at": iso(e.deadline_at),
+                "state": e.state,
+                "why": e.error if e.state in ("skipped", "failed") else None,
+                "attempts": e.attempts,
+                "answer": e.payload.get("answer") if e.state == "sent" else None,
+                "sent_at": iso(e.sent_at),
+                "outcome": e.outcome,
+            }
+            for e in page
+        ],
+        "next_cursor": next_cursor,
+    }
+
+
+def _iso_text(value: str | None) -> str | None:
+    return None if value is None else iso(datetime.fromisoformat(value))

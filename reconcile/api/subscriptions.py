@@ -8,9 +8,10 @@ from fastapi import APIRouter, Query
 from sqlalchemy import select
 
 from reconcile.api.deps import NowDep, SessionDep
-from reconcile.errors import DomainError, UnknownSubscription
+from reconcile.api.pages import keyset_page
+from reconcile.errors import UnknownSubscription
 from reconcile.models import Subscription, SubscriptionEvent
-from reconcile.views import decode_cursor, encode_cursor, iso, list_subscriptions, present
+from reconcile.views import iso, present, subscriptions_query
 
 router = APIRouter(prefix="/v1/subscriptions", tags=["subscriptions"])
 
@@ -27,19 +28,10 @@ def subscriptions(
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> dict[str, Any]:
-    try:
-        after = decode_cursor(cursor) if cursor else None
-    except ValueError as error:
-        raise DomainError(str(error), cursor=cursor) from error
-    rows = list_subscriptions(
-        session, channel=channel, store_id=store_id, account_id=account_id, status=status,
-        environment=environment, after=after, limit=limit + 1,
-    )
-    page, more = rows[:limit], len(rows) > limit
-    return {
-        "items": present(session, page, now),
-        "next_cursor": encode_cursor(page[-1].id) if more else None,
-    }
+    query = subscriptions_query(channel=channel, store_id=store_id, account_id=account_id,
+                                status=status, environment=environment)
+    page, next_cursor = keyset_page(session, query, Subscription.id, cursor, limit)
+    return {"items": present(session, page, now), "next_cursor": next_cursor}
 
 
 @router.get("/{subscription_id}")
@@ -55,19 +47,8 @@ def events(
     limit: Annotated[int, Query(ge=1, le=500)] = 200,
 ) -> dict[str, Any]:
     load(session, subscription_id)
-    query = (
-        select(SubscriptionEvent)
-        .where(SubscriptionEvent.subscription_id == subscription_id)
-        .order_by(SubscriptionEvent.id)
-        .limit(limit + 1)
-    )
-    if cursor:
-        try:
-            query = query.where(SubscriptionEvent.id > int(decode_cursor(cursor)))
-        except ValueError as error:
-            raise DomainError("malformed cursor", cursor=cursor) from error
-    rows = list(session.scalars(query))
-    page, more = rows[:limit], len(rows) > limit
+    query = select(SubscriptionEvent).where(SubscriptionEvent.subscription_id == subscription_id)
+    page, next_cursor = keyset_page(session, query, SubscriptionEvent.id, cursor, limit, int)
     return {
         "items": [
             {
@@ -76,7 +57,7 @@ def events(
             }
             for e in page
         ],
-        "next_cursor": encode_cursor(str(page[-1].id)) if more else None,
+        "next_cursor": next_cursor,
     }
 
 

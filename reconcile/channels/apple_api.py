@@ -146,7 +146,8 @@ class AppStoreApi:
                 # Private in app-store-server-library 3.x; tests/test_apple_api.py pins it.
                 client._base_url = settings.apple_api_base_url.rstrip("/")
             clients[name] = client
-        return cls(clients, calls_per_second=settings.apple_calls_per_second, sleep=sleep)
+        return cls(clients, calls_per_second=settings.apple_calls_per_second,
+                   attempts=settings.apple_api_attempts, sleep=sleep)
 
     @property
     def environments(self) -> list[str]:

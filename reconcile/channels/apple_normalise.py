@@ -17,7 +17,13 @@ from appstoreserverlibrary.models.JWSTransactionDecodedPayload import (
     JWSTransactionDecodedPayload,
 )
 
-from reconcile.events import ConsumptionRequested, Normalised, PurchaseSeen, RefundSeen
+from reconcile.events import (
+    ConsumptionRequested,
+    Normalised,
+    PurchaseSeen,
+    RefundDeclined,
+    RefundSeen,
+)
 from reconcile.state import Channel, Observation, Stamp, Status
 
 AUTO_RENEWABLE = "Auto-Renewable Subscription"
@@ -107,6 +113,8 @@ def normalise(message: AppleMessage) -> Normalised:
 
     if ntype == "CONSUMPTION_REQUEST":
         return Normalised(kind=kind, consumption_request=_consumption(message, tx))
+    if ntype == "REFUND_DECLINED":
+        return _declined(message, tx)
     if ntype in NO_STATE_CHANGE:
         return Normalised(kind=kind, note="recorded; no subscription change")
 
@@ -169,6 +177,8 @@ def _one_time(
     ntype = message.notification_type
     if ntype == "CONSUMPTION_REQUEST":
         return Normalised(kind=message.kind, consumption_request=_consumption(message, tx))
+    if ntype == "REFUND_DECLINED":
+        return _declined(message, tx)
     if ntype in ("REFUND", "REFUND_REVERSED"):
         refund = _refund(message, tx, stamp, reversed_=ntype == "REFUND_REVERSED")
         return Normalised(kind=message.kind, refund=refund)
@@ -224,6 +234,12 @@ def _consumption(message: AppleMessage, tx: JWSTransactionDecodedPayload) -> Con
         environment=message.environment,
         notification_id=message.notification_id,
     )
+
+
+def _declined(message: AppleMessage, tx: JWSTransactionDecodedPayload) -> Normalised:
+    """No state changes; the refund request's outcome is recorded."""
+    declined = RefundDeclined(_required(tx.transactionId, "transactionId"), message.signed_at)
+    return Normalised(kind=message.kind, refund_declined=declined)
 
 
 class MalformedPayload(ValueError):

@@ -32,7 +32,7 @@ from reconcile.reconciliation.sources import (
     write_cursor,
 )
 from webhooks.apple import AppleRejected, AppleUnavailable, AppleVerifier, VerifiedNotification
-from webhooks.intake import Incoming, insert, is_known
+from webhooks.intake import Incoming, insert_entry, is_known
 
 # History windows overlap a little: Apple may list a notification under a signedDate just
 # before the previous window's end after that read. Dedupe by UUID makes overlap free.
@@ -173,7 +173,7 @@ class AppleHistory:
             subject=item.original_transaction_id,
             environment=notification.environment,
         )
-        new = not is_known(session, incoming) if dry_run else insert(session, incoming, now)
+        new = not is_known(session, incoming) if dry_run else insert_entry(session, incoming, now)
         if not new:
             return None
         original = item.original_transaction_id

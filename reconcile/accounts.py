@@ -1,0 +1,121 @@
+"""Account-wide policy: acceptable-use blocks, port-out, consent to share consumption data, and
+the usage-credit counts behind Apple's consumption percentage. Nothing here refunds anything.
+
+A block ends access at once (every subscription's and purchase's `entitled` reads the block,
+see `reconcile.views`) and stops renewal on every channel; unblocking restores access to what
+is still paid for, but renewals stay cancelled. Functions take the caller's session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from reconcile.cancellation import Canceller, Reason, cancel_all
+from reconcile.errors import Invalid, UnknownAccount
+from reconcile.ingest import ensure_account
+from reconcile.models import Account, Purchase, Subscription
+
+
+def known_account(session: Session, account_id: str, now: datetime) -> Account:
+    """The account row, created if the service knows the account from a subscription or a
+    purchase; `UnknownAccount` when it knows nothing of it (a typo must not block anyone)."""
+    row = session.get(Account, account_id, with_for_update=True)
+    if row is not None:
+        return row
+    known = session.scalars(
+        select(Subscription.id).where(Subscription.account_id == account_id).limit(1)
+    ).first() or session.scalars(
+        select(Purchase.id).where(Purchase.account_id == account_id).limit(1)
+    ).first()
+    if known is None:
+        raise UnknownAccount(account_id)
+    return ensure_account(session, account_id, now)
+
+
+def subscriptions_of(session: Session, account_id: str) -> list[Subscription]:
+    return list(
+        session.scalars(
+            select(Subscription)
+            .where(Subscription.account_id == account_id)
+            .order_by(Subscription.created_at, Subscription.id)
+            .with_for_update()
+        )
+    )
+
+
+def cancel_account(
+    session: Session,
+    account_id: str,
+    reason: Reason,
+    note: str | None,
+    now: datetime,
+    cancellers: Mapping[str, Canceller],
+) -> None:
+    """Stop renewal of every subscription of the account, each on its own channel."""
+    known_account(session, account_id, now)
+    cancel_all(session, subscriptions_of(session, account_id), reason, note, now, cancellers)
+
+
+def block(
+    session: Session,
+    account_id: str,
+    reason: str,
+    now: datetime,
+    cancellers: Mapping[str, Canceller],
+) -> None:
+    """Acceptable-use block: access ends now, renewals are cancelled, nothing is refunded.
+
+    Blocking a blocked account keeps the first block's time and reason."""
+    account = known_account(session, account_id, now)
+    if account.blocked_at is None:
+        account.blocked_at = now
+        account.block_reason = reason
+        account.updated_at = now
+    cancel_all(session, subscriptions_of(session, account_id), "policy_block", reason, now,
+               cancellers)
+
+
+def unblock(session: Session, account_id: str, now: datetime) -> None:
+    """Access returns for whatever paid period still runs; cancelled renewals stay cancelled."""
+    account = known_account(session, account_id, now)
+    if account.blocked_at is not None:
+        account.blocked_at = None
+        account.block_reason = None
+        account.updated_at = now
+
+
+def set_consent(session: Session, account_id: str, consented: bool, now: datetime) -> None:
+    """Whether Apple may be sent this account's consumption data (the app asks the customer).
+
+    Consent may be recorded before the first purchase, so an unknown account is created."""
+    account = ensure_account(session, account_id, now)
+    if account.consumption_consent != consented:
+        account.consumption_consent = consented
+        account.consent_updated_at = now
+        account.updated_at = now
+
+
+def set_usage(
+    session: Session,
+    account_id: str,
+    *,
+    credits_purchased: int | None,
+    credits_used: int | None,
+    now: datetime,
+) -> None:
+    """Record the usage-credit totals (absolute, not increments) the app's ledger reports."""
+    account = ensure_account(session, account_id, now)
+    purchased = account.credits_purchased if credits_purchased is None else credits_purchased
+    used = account.credits_used if credits_used is None else credits_used
+    if used > purchased:
+        raise Invalid(
+            f"credits_used ({used}) cannot exceed credits_purchased ({purchased})",
+            account_id=account_id,
+        )
+    account.credits_purchased = purchased
+    account.credits_used = used
+    account.updated_at = now

@@ -1,0 +1,64 @@
+"""POST /v1/portal/subscriptions and PATCH /v1/portal/subscriptions/{id}: the web portal's
+own subscriptions, written as portal observations through the one writer of state."""
+
+from __future__ import annotations
+
+from datetime import UTC
+from typing import Any
+
+from fastapi import APIRouter
+
+from reconcile.api.deps import NowDep, SessionDep
+from reconcile.api.schemas import PortalCreateBody, PortalPatchBody
+from reconcile.cancellation import load_for_update
+from reconcile.channels import portal
+from reconcile.errors import Conflict, Invalid
+from reconcile.ids import new_id
+from reconcile.ingest import find_subscription
+from reconcile.models import Subscription
+from reconcile.views import present
+
+router = APIRouter(prefix="/v1/portal/subscriptions", tags=["portal"])
+
+
+@router.post("", status_code=201)
+def create(body: PortalCreateBody, session: SessionDep, now: NowDep) -> dict[str, Any]:
+    """A new portal subscription; `status` follows from `expires_at` against now."""
+    store_id = body.store_id or new_id("portal")
+    existing = find_subscription(session, "portal", store_id)
+    if existing is not None:
+        raise Conflict(f"portal subscription {store_id} exists already",
+                       subscription=present(session, [existing], now)[0])
+    fields = body.model_dump(exclude={"store_id"})
+    fields["expires_at"] = body.expires_at.astimezone(UTC)
+    subscription_id = portal.create(session, store_id, fields, now)
+    session.flush()
+    return present(session, [_get(session, subscription_id)], now)[0]
+
+
+@router.patch("/{subscription_id}")
+def update(subscription_id: str, body: PortalPatchBody, session: SessionDep,
+           now: NowDep) -> dict[str, Any]:
+    """Change product, period end (a renewal moves it), auto-renew or account."""
+    given = body.model_dump(include=body.model_fields_set)
+    if not given:
+        raise Invalid("nothing to update: give account_id, product_id, expires_at or auto_renew",
+                      subscription_id=subscription_id)
+    nulls = sorted(name for name, value in given.items() if value is None)
+    if nulls:
+        raise Invalid(f"cannot be null: {', '.join(nulls)}", subscription_id=subscription_id)
+    row = load_for_update(session, subscription_id)
+    if row.channel != "portal":
+        raise Conflict(f"subscription {subscription_id} is sold through {row.channel}, not the "
+                       "portal; only the store changes it", subscription_id=subscription_id)
+    if "expires_at" in given:
+        given["expires_at"] = given["expires_at"].astimezone(UTC)
+    portal.update(session, row, given, now)
+    session.flush()
+    return present(session, [row], now)[0]
+
+
+def _get(session: SessionDep, subscription_id: str) -> Subscription:
+    row = session.get(Subscription, subscription_id)
+    assert row is not None
+    return row

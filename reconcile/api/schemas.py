@@ -1,0 +1,55 @@
+"""Request bodies of the policy endpoints: strict, so a bad request changes nothing (422)."""
+
+from __future__ import annotations
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StrictInt
+
+from reconcile.cancellation import Reason
+
+Note = Field(default=None, max_length=2000)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CancelBody(Strict):
+    reason: Reason
+    note: str | None = Note
+
+
+class ChangePlanBody(Strict):
+    product_id: str = Field(min_length=1, max_length=256)
+
+
+class BlockBody(Strict):
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class PortOutBody(Strict):
+    note: str | None = Note
+
+
+class ConsentBody(Strict):
+    consumption_data: StrictBool
+
+
+class UsageBody(Strict):
+    credits_purchased: StrictInt | None = Field(default=None, ge=0)
+    credits_used: StrictInt | None = Field(default=None, ge=0)
+
+
+class PortalCreateBody(Strict):
+    account_id: str = Field(min_length=1, max_length=128)
+    product_id: str = Field(min_length=1, max_length=256)
+    expires_at: AwareDatetime
+    auto_renew: StrictBool = True
+    # The portal's own id for the subscription; one is made up when absent.
+    store_id: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+class PortalPatchBody(Strict):
+    account_id: str | None = Field(default=None, min_length=1, max_length=128)
+    product_id: str | None = Field(default=None, min_length=1, max_length=256)
+    expires_at: AwareDatetime | None = None
+    auto_renew: StrictBool | None = None
