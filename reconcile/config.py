@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     apple_calls_per_second: float = Field(default=50.0, gt=0)
     # Attempts per App Store API call before the caller's own backoff takes over.
     apple_api_attempts: int = Field(default=4, gt=0)
+    # A call that has not answered by then counts as a transient fault (retried, then reported).
+    apple_api_timeout_seconds: float = Field(default=30.0, gt=0)
 
     # Background worker.
     worker_poll_seconds: float = Field(default=0.2, gt=0)

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from reconcile.config import Settings
+from reconcile.services import build_services
+from tests.conftest import ADMIN_TOKEN
 from tests.fakes.play import FakePlay, subscription_purchase
 from tests.support.apple_truth import kinds, reconcile
 from tests.support.google import Pusher, subscription_notification
-from tests.support.server import FakeClock, RunningApp
+from tests.support.oidc import OidcIssuer
+from tests.support.server import FakeClock, RunningApp, serve_in_thread
 
 DAY = dt.timedelta(days=1)
 PURCHASED, EXPIRED = 4, 13
@@ -205,3 +210,23 @@ def test_runs_reuse_their_play_connections(customer: Customer) -> None:
         customer.clock.advance(minutes=1)
         reconcile(customer.app)
     assert len(play._built) == built
+
+
+def test_play_timeouts_are_reported_not_drift(
+    make_google_settings: Callable[..., Settings], fake_play: FakePlay, oidc: OidcIssuer,
+    clock: FakeClock,
+) -> None:
+    """Play reads that time out are retried and then reported as faults, never as drift."""
+    services = build_services(make_google_settings(google_api_timeout_seconds=0.2,
+                                                   google_api_retries=1), clock=clock)
+    with serve_in_thread(services, ADMIN_TOKEN) as app:
+        customer = Customer(app, Pusher(app.client, oidc), fake_play, clock)
+        sub = customer.bought()
+        customer.holds(state="SUBSCRIPTION_STATE_EXPIRED")
+        fake_play.latency = 0.5
+        report = reconcile(app)
+        fake_play.latency = 0
+        assert customer.now_is(sub)["status"] == "active"
+    services.close()
+    assert (report["status"], report["errors"], report["discrepancies"]) == ("failed", 2, [])
+    assert len(fake_play.calls_named("subscriptionsv2.get")) == 1 + 2

@@ -293,3 +293,24 @@ def test_metrics_show_the_newest_run(
     assert "reconcile_reconciliation_age_seconds 300.0" in text
     assert ('reconcile_reconciliation_discrepancies{kind="auto_renew",repaired="false"} 1.0'
             in text)
+
+
+def test_store_timeouts_are_retried_and_reported(
+    make_settings: Callable[..., Settings], apple_api_settings: dict[str, Any],
+    fake_appstore: FakeAppStore, apple_ca: AppleTestCA, clock: FakeClock,
+) -> None:
+    """A store that answers too slowly times out, is tried again, and is reported as a fault:
+    no discrepancy, no change."""
+    settings = make_settings(**apple_api_settings, apple_environments=["sandbox"],
+                             apple_api_timeout_seconds=0.2, apple_api_attempts=2)
+    services = build_services(settings, clock=clock, sleep=no_sleep)
+    with serve_in_thread(services, ADMIN_TOKEN) as app:
+        sub = subscribe(app, apple_ca, "7801")
+        store_has(fake_appstore, "7801", status=2)
+        fake_appstore.latency = 0.5
+        report = reconcile(app)
+        assert app.client.get(f"/v1/subscriptions/{sub['id']}").json()["status"] == "active"
+    services.close()
+    assert (report["status"], report["errors"], report["discrepancies"]) == ("failed", 2, [])
+    assert any("7801" in failure for failure in report["failures"])
+    assert len(fake_appstore.calls_to("/inApps/v1/subscriptions/7801")) == 2

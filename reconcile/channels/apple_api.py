@@ -81,8 +81,9 @@ class PooledClient(AppStoreServerAPIClient):
     app-store-server-library 3.x; tests/test_apple_api.py pins that it is still the hook.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, timeout_seconds: float = 30.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.timeout_seconds = timeout_seconds
         self._pool: urllib3.PoolManager | None = None
         self._pool_lock = threading.Lock()
 
@@ -92,7 +93,8 @@ class PooledClient(AppStoreServerAPIClient):
             if self._pool is None:
                 options: dict[str, Any] = {
                     "maxsize": 32, "ca_certs": certifi.where(), "retries": False,
-                    "timeout": urllib3.Timeout(connect=10, read=30),
+                    "timeout": urllib3.Timeout(connect=min(10.0, self.timeout_seconds),
+                                               read=self.timeout_seconds),
                 }
                 host = urllib.parse.urlsplit(self._base_url).hostname or ""
                 proxy = urllib.request.getproxies().get("https")
@@ -141,7 +143,8 @@ class AppStoreApi:
         for name in settings.apple_environments:
             env = Environment.PRODUCTION if name == "production" else Environment.SANDBOX
             client = PooledClient(signing_key, settings.apple_key_id,
-                                  settings.apple_issuer_id, settings.apple_bundle_id, env)
+                                  settings.apple_issuer_id, settings.apple_bundle_id, env,
+                                  timeout_seconds=settings.apple_api_timeout_seconds)
             if settings.apple_api_base_url:
                 # Private in app-store-server-library 3.x; tests/test_apple_api.py pins it.
                 client._base_url = settings.apple_api_base_url.rstrip("/")
