@@ -11,19 +11,18 @@ naively with the library's `SignedDataVerifier` (notification + transaction + re
 from __future__ import annotations
 
 import argparse
-import statistics
+import json
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 from appstoreserverlibrary.models.Environment import Environment
 from appstoreserverlibrary.signed_data_verifier import SignedDataVerifier
 from sqlalchemy import func, select
 
+from bench.load import percentile, post_concurrently
 from reconcile.db import make_engine, make_sessionmaker, migrate
 from reconcile.models import InboxEntry
 from tests.support.apple_ca import AppleTestCA
@@ -72,33 +71,6 @@ def naive_rate(ca: AppleTestCA, payloads: list[str]) -> float:
     return len(payloads) / (time.perf_counter() - started)
 
 
-def post_all(urls: list[str], payloads: list[str], clients: int) -> tuple[list[float], float]:
-    latencies: list[float] = []
-    lock = threading.Lock()
-    chunks = [payloads[i::clients] for i in range(clients)]
-
-    def run(index: int) -> None:
-        url = urls[index % len(urls)]
-        mine: list[float] = []
-        with httpx.Client(base_url=url, timeout=30) as client:
-            for payload in chunks[index]:
-                began = time.perf_counter()
-                response = client.post("/webhooks/apple", json={"signedPayload": payload})
-                mine.append(time.perf_counter() - began)
-                if response.status_code != 200:
-                    raise RuntimeError(f"unexpected {response.status_code}: {response.text}")
-        with lock:
-            latencies.extend(mine)
-
-    started = time.perf_counter()
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return latencies, time.perf_counter() - started
-
-
 def wait_processed(database_url: str, expected: int, timeout: float) -> float:
     engine = make_engine(database_url)
     sessions = make_sessionmaker(engine)
@@ -116,10 +88,6 @@ def wait_processed(database_url: str, expected: int, timeout: float) -> float:
     finally:
         engine.dispose()
     raise TimeoutError(f"only {done} of {expected} processed")
-
-
-def percentile(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100)[int(q) - 1] if len(values) > 1 else values[0]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -150,7 +118,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             processes.append(process)
             urls.append(url)
         began = time.perf_counter()
-        latencies, posting = post_all(urls, payloads, args.clients)
+        bodies = [json.dumps({"signedPayload": p}).encode() for p in payloads]
+        latencies, posting = post_concurrently(urls, "/webhooks/apple", bodies, args.clients)
         finished = wait_processed(database_url, len(payloads), timeout=600)
     finally:
         for process in processes:

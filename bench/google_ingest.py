@@ -16,19 +16,15 @@ import argparse
 import json
 import os
 import random
-import statistics
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 from sqlalchemy import func, select
 
+from bench.load import percentile, post_concurrently
 from reconcile.db import make_engine, make_sessionmaker, migrate
 from reconcile.models import Acknowledgement, InboxEntry
 from tests.fakes.play import FakePlay, subscription_purchase
@@ -41,7 +37,7 @@ from tests.support.google import (
     write_service_account,
 )
 from tests.support.oidc import OidcIssuer, push_envelope
-from tests.support.server import free_port
+from tests.support.process import start_service
 
 ROOT = Path(__file__).resolve().parents[1]
 # What one customer's subscription sends in a short while.
@@ -62,37 +58,6 @@ def pushes(count: int, tokens: int, group: int, seed: int = 7) -> list[dict[str,
             notification = subscription_notification(f"bench-token-{n:06d}", code, now)
             envelopes.append(push_envelope(notification, f"bench-{len(envelopes):08d}"))
     return envelopes
-
-
-def post_all(
-    url: str, issuer: OidcIssuer, envelopes: list[dict[str, Any]], clients: int
-) -> tuple[list[float], float]:
-    latencies: list[float] = []
-    lock = threading.Lock()
-    # One token per client, reused: Pub/Sub also reuses its push token until it expires.
-    bearer = f"Bearer {issuer.token(AUDIENCE, PUSH_ACCOUNT)}"
-
-    def run(index: int) -> None:
-        mine: list[float] = []
-        with httpx.Client(base_url=url, timeout=30, headers={"Authorization": bearer}) as client:
-            for envelope in envelopes[index::clients]:
-                body = json.dumps(envelope)
-                began = time.perf_counter()
-                response = client.post("/webhooks/google", content=body,
-                                       headers={"Content-Type": "application/json"})
-                mine.append(time.perf_counter() - began)
-                if response.status_code != 200:
-                    raise RuntimeError(f"unexpected {response.status_code}: {response.text}")
-        with lock:
-            latencies.extend(mine)
-
-    started = time.perf_counter()
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return latencies, time.perf_counter() - started
 
 
 def wait_done(database_url: str, pushes: int, timeout: float) -> tuple[float, float]:
@@ -116,31 +81,6 @@ def wait_done(database_url: str, pushes: int, timeout: float) -> tuple[float, fl
     finally:
         engine.dispose()
     raise TimeoutError(f"{done} of {pushes} processed, {open_acks} acknowledgements open")
-
-
-def start_service(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "reconcile", "serve", "--port", str(port)],
-            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=sink,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"service exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError("service did not become ready")
-
-
-def percentile(values: list[float], q: int) -> float:
-    return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -181,10 +121,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "PYTHONPATH": os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(
                 os.pathsep),
         })
-        process, url = start_service(env, workdir / "service.log")
+        process, url = start_service(env, log=workdir / "service.log")
         try:
             began = time.perf_counter()
-            latencies, posting = post_all(url, issuer, envelopes, args.clients)
+            # One token for the run: Pub/Sub also reuses its push token until it expires.
+            bearer = {"Authorization": f"Bearer {issuer.token(AUDIENCE, PUSH_ACCOUNT)}"}
+            bodies = [json.dumps(envelope).encode() for envelope in envelopes]
+            latencies, posting = post_concurrently([url], "/webhooks/google", bodies,
+                                                   args.clients, bearer)
             processed, acknowledged = wait_done(database_url, len(envelopes), timeout=1800)
         finally:
             process.terminate()

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 
 from webhooks.apple_jws import FastSignedDataVerifier, unverified_claims
 from webhooks.chain_cache import CachingChainVerifier
+from webhooks.intake import Incoming
 
 ENVIRONMENTS = {"production": Environment.PRODUCTION, "sandbox": Environment.SANDBOX}
 
@@ -63,6 +64,18 @@ class VerifiedNotification:
         subtype = self.payload.rawSubtype
         kind = self.payload.rawNotificationType or "UNKNOWN"
         return f"{kind}/{subtype}" if subtype else kind
+
+    def incoming(self, subject: str | None = None) -> Incoming:
+        """This notification as an inbox row to record."""
+        return Incoming(
+            channel="apple",
+            notification_id=self.notification_uuid,
+            kind=self.kind,
+            payload=self.signed_payload,
+            store_time=self.signed_at,
+            subject=subject,
+            environment=self.environment,
+        )
 
     @property
     def signed_at(self) -> datetime | None:

@@ -12,7 +12,6 @@ from reconcile.api.deps import ServicesDep
 from webhooks.apple import AppleRejected, AppleUnavailable, VerifiedNotification, parse_body
 from webhooks.body import read_limited
 from webhooks.google import GoogleRejected, GoogleUnavailable, MalformedEnvelope, incoming
-from webhooks.intake import Incoming
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
@@ -46,16 +45,9 @@ async def apple(
     notification: Annotated[VerifiedNotification, Depends(verified_apple)],
     services: ServicesDep,
 ) -> dict[str, bool]:
-    incoming = Incoming(
-        channel="apple",
-        notification_id=notification.notification_uuid,
-        kind=notification.kind,
-        payload=notification.signed_payload,
-        store_time=notification.signed_at,
-        environment=notification.environment,
-    )
     try:
-        new = await asyncio.wrap_future(services.intake.submit(incoming, services.clock()))
+        submitted = services.intake.submit(notification.incoming(), services.clock())
+        new = await asyncio.wrap_future(submitted)
     except Exception as error:
         log.error("could not record Apple notification: %s", type(error).__name__)
         raise HTTPException(503, "storage unavailable") from error

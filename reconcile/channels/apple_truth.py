@@ -32,7 +32,7 @@ from reconcile.reconciliation.sources import (
     write_cursor,
 )
 from webhooks.apple import AppleRejected, AppleUnavailable, AppleVerifier, VerifiedNotification
-from webhooks.intake import Incoming, insert_entry, is_known
+from webhooks.intake import insert_entry, is_known
 
 # History windows overlap a little: Apple may list a notification under a signedDate just
 # before the previous window's end after that read. Dedupe by UUID makes overlap free.
@@ -164,15 +164,7 @@ class AppleHistory:
         self, session: Session, item: HistoryItem, *, dry_run: bool, now: datetime
     ) -> Finding | None:
         notification = item.notification
-        incoming = Incoming(
-            channel="apple",
-            notification_id=notification.notification_uuid,
-            kind=notification.kind,
-            payload=notification.signed_payload,
-            store_time=notification.signed_at,
-            subject=item.original_transaction_id,
-            environment=notification.environment,
-        )
+        incoming = notification.incoming(subject=item.original_transaction_id)
         new = not is_known(session, incoming) if dry_run else insert_entry(session, incoming, now)
         if not new:
             return None

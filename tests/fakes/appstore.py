@@ -19,13 +19,13 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tests.fakes.local_server import LocalServer
 from tests.support.apple_ca import AppleTestCA
 
 JSON = dict[str, Any]
@@ -383,7 +383,7 @@ class _Handler(BaseHTTPRequestHandler):
 Route = tuple[str, re.Pattern[str], Callable[[str, Query, Any], _Response]]
 
 
-class FakeAppStore:
+class FakeAppStore(LocalServer):
     """The App Store Server API endpoints the service uses, served from mutable in-memory state."""
 
     def __init__(
@@ -422,9 +422,8 @@ class FakeAppStore:
         self.auth_failures: list[tuple[Call, str]] = []
         self.server_errors: list[BaseException] = []
         self._faults: list[_Fault] = []
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self.url = ""
+        super().__init__()
+        self.thread_name = "fake-appstore"
         tx = r"(?P<id>[^/]+)"
         self._routes: list[Route] = [
             ("GET", re.compile(rf"/inApps/v1/subscriptions/{tx}"), self._get_statuses),
@@ -440,41 +439,15 @@ class FakeAppStore:
 
     # Lifecycle
 
-    def start(self) -> Self:
-        """Listen on 127.0.0.1 on a free port and serve from a daemon thread."""
-        if self._server is not None:
-            return self
+    @property
+    def url(self) -> str:
+        """`http://127.0.0.1:PORT`: set it as the API client's base URL."""
+        return self.origin
+
+    def _make_server(self) -> _Server:
         server = _Server(("127.0.0.1", 0), _Handler)
         server.fake = self
-        self._server = server
-        self.url = f"http://127.0.0.1:{server.server_address[1]}"
-        self._thread = threading.Thread(
-            target=server.serve_forever, args=(0.05,), name="fake-appstore", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close the socket."""
-        if self._server is None:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = None
-        self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        return server
 
     # Test controls
 

@@ -20,11 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import googleapiclient
+
+from tests.fakes.local_server import LocalServer
 
 JsonDict = dict[str, Any]
 
@@ -293,7 +294,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-class FakePlay:
+class FakePlay(LocalServer):
     """The androidpublisher v3 purchase endpoints and an OAuth2 token endpoint, on 127.0.0.1."""
 
     def __init__(
@@ -322,8 +323,8 @@ class FakePlay:
         self.token_requests: list[JsonDict] = []
         self.issued_tokens: list[str] = []
         self._faults: list[_Fault] = []
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__()
+        self.thread_name = "fake-play"
         self._handlers: dict[str, Callable[[_Request], _Answer]] = {
             SUBSCRIPTIONSV2_GET: self._subscriptionsv2_get,
             SUBSCRIPTIONSV2_CANCEL: self._subscriptionsv2_cancel,
@@ -337,44 +338,13 @@ class FakePlay:
             ORDERS_BATCHGET: self._orders_batchget,
         }
 
-    def start(self) -> Self:
-        """Bind a free port and serve in a daemon thread."""
-        if self._server is None:
-            self._server = _Server(self)
-            self._thread = threading.Thread(
-                target=self._server.serve_forever, args=(0.05,), name="fake-play", daemon=True
-            )
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and release the port."""
-        server, thread = self._server, self._thread
-        self._server, self._thread = None, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     @property
     def url(self) -> str:
         """Root URL with a trailing slash, for `client_options={"api_endpoint": url}`."""
-        if self._server is None:
-            raise RuntimeError("FakePlay is not started")
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}/"
+        return self.origin + "/"
+
+    def _make_server(self) -> _Server:
+        return _Server(self)
 
     @property
     def token_uri(self) -> str:

@@ -15,14 +15,15 @@ import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from google.auth import crypt, jwt
+
+from tests.fakes.local_server import LocalServer
 
 GOOGLE_ISSUER = "https://accounts.google.com"
 DEFAULT_SUBSCRIPTION = "projects/test/subscriptions/play-rtdn"
@@ -85,7 +86,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-class OidcIssuer:
+class OidcIssuer(LocalServer):
     """Signs Pub/Sub-push-style OIDC tokens and publishes the certificates that verify them."""
 
     def __init__(self, kid: str = "test-key-1", *, max_age: int = 3600) -> None:
@@ -97,47 +98,16 @@ class OidcIssuer:
         self.keys: dict[str, SigningKey] = {}
         self.kid = ""
         self.rotate(kid)
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> Self:
-        """Bind a free port and serve the certificates in a daemon thread."""
-        if self._server is None:
-            self._server = _Server(self)
-            self._thread = threading.Thread(
-                target=self._server.serve_forever, args=(0.05,), name="oidc-issuer", daemon=True
-            )
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and release the port."""
-        server, thread = self._server, self._thread
-        self._server, self._thread = None, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        super().__init__()
+        self.thread_name = "oidc-issuer"
 
     @property
     def url(self) -> str:
         """Root URL of the issuer's server, with a trailing slash."""
-        if self._server is None:
-            raise RuntimeError("OidcIssuer is not started")
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}/"
+        return self.origin + "/"
+
+    def _make_server(self) -> _Server:
+        return _Server(self)
 
     @property
     def certs_url(self) -> str:
