@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from reconcile.cancellation import Canceller, Reason, cancel_all
 from reconcile.errors import Invalid, UnknownAccount
-from reconcile.ingest import ensure_account
+from reconcile.ledger import ensure_account
 from reconcile.models import Account, Purchase, Subscription
 
 

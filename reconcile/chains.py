@@ -1,7 +1,8 @@
-"""Google token chains: which subscription a new purchase token continues.
+"""Store identifiers to subscriptions, and Google token chains.
 
-Called only from `reconcile.ingest` (the one writer of subscription state), inside its
-transaction. A new token continues a subscription through `linkedPurchaseToken` (upgrade,
+`find_subscription` resolves any store identifier (Apple original transaction id, any token of
+a Google chain). The chain rules are called only from `reconcile.ingest` (the one writer of
+subscription state), inside its transaction. A new token continues a subscription through `linkedPurchaseToken` (upgrade,
 downgrade, resubscribe before expiry) or, after expiry, through the account id; tokens of one
 chain that arrived out of order are merged here.
 """
@@ -18,6 +19,24 @@ from reconcile.state import Channel, Observation, Status
 
 # Statuses with which a new purchase token starts (or restarts) a subscription.
 CONTINUING_STATUSES = {Status.PENDING.value, Status.ACTIVE.value, Status.GRACE_PERIOD.value}
+
+
+def find_subscription(
+    session: Session, channel: str, store_id: str, *, lock: bool = False
+) -> Subscription | None:
+    """The subscription any of whose store identifiers is `store_id`.
+
+    With `lock`, the row is locked for this transaction (PostgreSQL: writers of one
+    subscription take turns; the version column catches anything else).
+    """
+    query = (
+        select(Subscription)
+        .join(StoreId, StoreId.subscription_id == Subscription.id)
+        .where(StoreId.channel == channel, StoreId.store_id == store_id)
+    )
+    if lock:
+        query = query.with_for_update(of=Subscription)
+    return session.scalars(query).first()
 
 
 def continued_by_account(session: Session, observation: Observation) -> Subscription | None:

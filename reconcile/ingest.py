@@ -9,27 +9,26 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from reconcile.chains import absorb, continued_by_account
+from reconcile.chains import absorb, continued_by_account, find_subscription
 from reconcile.events import (
-    AcknowledgementDue,
-    ConsumptionRequested,
     Normalised,
-    PurchaseSeen,
-    RefundDeclined,
-    RefundSeen,
 )
 from reconcile.ids import new_id
+from reconcile.ledger import (
+    ensure_account,
+    queue_consumption_answer,
+    record_purchase,
+    record_refund,
+    record_refund_declined,
+    require_acknowledgement,
+)
 from reconcile.models import (
-    Account,
-    Acknowledgement,
     OutboxEntry,
-    Purchase,
-    Refund,
     StoreId,
     Subscription,
     SubscriptionEvent,
@@ -43,9 +42,6 @@ from reconcile.state import (
     SubscriptionState,
     apply,
 )
-
-# Apple wants a consumption answer within 12 hours of the request.
-CONSUMPTION_DEADLINE = timedelta(hours=12)
 
 
 @dataclass(frozen=True)
@@ -81,24 +77,6 @@ def ingest(
     if outcome.acknowledgement is not None:
         require_acknowledgement(session, outcome.acknowledgement, now)
     return applied
-
-
-def find_subscription(
-    session: Session, channel: str, store_id: str, *, lock: bool = False
-) -> Subscription | None:
-    """The subscription any of whose store identifiers is `store_id`.
-
-    With `lock`, the row is locked for this transaction (PostgreSQL: writers of one
-    subscription take turns; the version column catches anything else).
-    """
-    query = (
-        select(Subscription)
-        .join(StoreId, StoreId.subscription_id == Subscription.id)
-        .where(StoreId.channel == channel, StoreId.store_id == store_id)
-    )
-    if lock:
-        query = query.with_for_update(of=Subscription)
-    return session.scalars(query).first()
 
 
 def apply_observation(
@@ -254,150 +232,6 @@ def write_state(row: Subscription, state: SubscriptionState, now: datetime) -> N
 
 def _jsonable(fields: Mapping[str, object]) -> dict[str, object]:
     return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in fields.items()}
-
-
-def ensure_account(session: Session, account_id: str, now: datetime) -> Account:
-    account = session.get(Account, account_id)
-    if account is None:
-        account = Account(account_id=account_id, consumption_consent=False,
-                          credits_purchased=0, credits_used=0, updated_at=now)
-        session.add(account)
-        session.flush()
-    return account
-
-
-def record_purchase(session: Session, seen: PurchaseSeen, now: datetime) -> Purchase:
-    row = session.scalars(
-        select(Purchase).where(Purchase.channel == seen.channel.value,
-                               Purchase.store_id == seen.store_id)
-    ).first()
-    if row is None:
-        row = Purchase(
-            id=new_id("pur"), channel=seen.channel.value, environment=seen.environment,
-            store_id=seen.store_id, product_id=seen.product_id, kind=seen.kind,
-            account_id=seen.account_id, quantity=seen.quantity, amount=seen.amount,
-            currency=seen.currency, purchased_at=seen.purchased_at, state=seen.state,
-            revoked_at=seen.stamp.time if seen.state == "revoked" else None,
-            consumed=False, clock={"state": seen.stamp.encode()}, created_at=now, updated_at=now,
-        )
-        session.add(row)
-    else:
-        held = row.clock.get("state")
-        if held is None or Stamp.decode(held) < seen.stamp:
-            row.state = seen.state
-            row.clock = {**row.clock, "state": seen.stamp.encode()}
-        row.account_id = row.account_id or seen.account_id
-        row.amount = row.amount or seen.amount
-        row.currency = row.currency or seen.currency
-        row.updated_at = now
-    if seen.account_id:
-        ensure_account(session, seen.account_id, now)
-    if seen.needs_acknowledgement:
-        kind = "consumable" if seen.kind == "consumable" else "product"
-        require_acknowledgement(session, AcknowledgementDue(seen.store_id, seen.product_id, kind),
-                                now)
-    session.flush()
-    return row
-
-
-def record_refund(
-    session: Session, seen: RefundSeen, now: datetime, subscription_id: str | None
-) -> Refund:
-    row = session.scalars(
-        select(Refund).where(Refund.channel == seen.channel.value,
-                             Refund.refund_key == seen.refund_key)
-    ).first()
-    if subscription_id is None and seen.subscription_store_id:
-        sub = find_subscription(session, seen.channel.value, seen.subscription_store_id)
-        subscription_id = sub.id if sub else None
-    purchase = None
-    if seen.purchase_store_id:
-        purchase = session.scalars(
-            select(Purchase).where(Purchase.channel == seen.channel.value,
-                                   Purchase.store_id == seen.purchase_store_id)
-        ).first()
-    if row is None:
-        # Google's voided-purchase notice names only the token: the rest comes from our records.
-        known: Purchase | Subscription | None = purchase or (
-            session.get(Subscription, subscription_id) if subscription_id else None)
-        row = Refund(
-            channel=seen.channel.value, refund_key=seen.refund_key, store_id=seen.store_id,
-            subscription_id=subscription_id, purchase_id=purchase.id if purchase else None,
-            account_id=seen.account_id or (known.account_id if known else None),
-            product_id=seen.product_id or (known.product_id if known else None),
-            amount=seen.amount,
-            currency=seen.currency, refunded_at=seen.refunded_at, recorded_at=now,
-            consumption_answer_sent=_consumption_answered(session, seen.store_id),
-        )
-        session.add(row)
-    if seen.reversed:
-        row.reversed_at = row.reversed_at or seen.stamp.time
-    if purchase is not None:
-        held = purchase.clock.get("state")
-        if held is None or Stamp.decode(held) < seen.stamp:
-            purchase.state = "purchased" if seen.reversed else "revoked"
-            purchase.revoked_at = None if seen.reversed else seen.refunded_at
-            purchase.clock = {**purchase.clock, "state": seen.stamp.encode()}
-            purchase.updated_at = now
-    _settle_consumption_requests(session, seen)
-    session.flush()
-    return row
-
-
-def _consumption_answered(session: Session, transaction_id: str) -> bool:
-    return session.scalars(
-        select(OutboxEntry.id).where(OutboxEntry.kind == "consumption",
-                                     OutboxEntry.store_id == transaction_id,
-                                     OutboxEntry.state == "sent")
-    ).first() is not None
-
-
-def _settle_consumption_requests(session: Session, seen: RefundSeen) -> None:
-    """Track how a refund request ended: Apple refunded (or reversed that)."""
-    for entry in session.scalars(
-        select(OutboxEntry).where(OutboxEntry.kind == "consumption",
-                                  OutboxEntry.store_id == seen.store_id)
-    ):
-        entry.outcome = "refund_reversed" if seen.reversed else "refunded"
-
-
-def record_refund_declined(session: Session, seen: RefundDeclined) -> None:
-    """Track how a refund request ended: Apple declined it."""
-    for entry in session.scalars(
-        select(OutboxEntry).where(OutboxEntry.kind == "consumption",
-                                  OutboxEntry.store_id == seen.transaction_id)
-    ):
-        entry.outcome = "declined"
-
-
-def queue_consumption_answer(session: Session, seen: ConsumptionRequested, now: datetime) -> None:
-    key = f"{seen.transaction_id}:{seen.notification_id}"
-    exists = session.scalars(
-        select(OutboxEntry.id).where(OutboxEntry.kind == "consumption",
-                                     OutboxEntry.dedupe_key == key)
-    ).first()
-    if exists is not None:
-        return
-    session.add(
-        OutboxEntry(
-            channel="apple", kind="consumption", dedupe_key=key,
-            account_id=seen.account_id, store_id=seen.transaction_id,
-            payload={"original_transaction_id": seen.original_transaction_id,
-                     "product_id": seen.product_id, "product_type": seen.product_type,
-                     "reason": seen.reason, "environment": seen.environment,
-                     "requested_at": seen.requested_at.isoformat()},
-            state="pending", attempts=0, created_at=now, next_attempt_at=now,
-            deadline_at=seen.requested_at + CONSUMPTION_DEADLINE,
-        )
-    )
-
-
-def require_acknowledgement(session: Session, due: AcknowledgementDue, now: datetime) -> None:
-    row = session.get(Acknowledgement, ("google", due.store_id))
-    if row is None:
-        session.add(Acknowledgement(channel="google", store_id=due.store_id,
-                                    product_id=due.product_id, kind=due.kind, first_seen_at=now,
-                                    attempts=0, next_attempt_at=now))
 
 
 def confirm_cancellations(session: Session, row: Subscription, now: datetime) -> None:

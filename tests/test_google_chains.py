@@ -10,9 +10,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from reconcile.chains import find_subscription
 from reconcile.db import make_engine, make_sessionmaker, transaction
 from reconcile.events import Normalised, RefundSeen
-from reconcile.ingest import find_subscription, ingest
+from reconcile.ingest import ingest
 from reconcile.models import Refund, StoreId, Subscription, SubscriptionEvent
 from reconcile.state import Channel, Observation, Stamp
 

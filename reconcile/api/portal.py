@@ -11,10 +11,10 @@ from fastapi import APIRouter
 from reconcile.api.deps import NowDep, SessionDep
 from reconcile.api.schemas import PortalCreateBody, PortalPatchBody
 from reconcile.cancellation import load_for_update
+from reconcile.chains import find_subscription
 from reconcile.channels import portal
 from reconcile.errors import Conflict, Invalid
 from reconcile.ids import new_id
-from reconcile.ingest import find_subscription
 from reconcile.models import Subscription
 from reconcile.views import present
 

@@ -16,10 +16,10 @@ from appstoreserverlibrary.models.LastTransactionsItem import LastTransactionsIt
 from appstoreserverlibrary.models.NotificationHistoryRequest import NotificationHistoryRequest
 from sqlalchemy.orm import Session
 
+from reconcile.chains import find_subscription
 from reconcile.channels.apple import AppleProcessor
 from reconcile.channels.apple_api import AppleApiError, AppStoreApi
 from reconcile.channels.apple_normalise import AppleMessage, MalformedPayload, millis, normalise
-from reconcile.ingest import find_subscription
 from reconcile.reconciliation.sources import (
     Fetched,
     Filters,
