@@ -2,9 +2,9 @@
 
 `find_subscription` resolves any store identifier (Apple original transaction id, any token of
 a Google chain). The chain rules are called only from `reconcile.ingest` (the one writer of
-subscription state), inside its transaction. A new token continues a subscription through `linkedPurchaseToken` (upgrade,
-downgrade, resubscribe before expiry) or, after expiry, through the account id; tokens of one
-chain that arrived out of order are merged here.
+subscription state), inside its transaction. A new token continues a subscription through
+`linkedPurchaseToken` (upgrade, downgrade, resubscribe before expiry) or, after expiry, through
+the account id; tokens of one chain that arrived out of order are merged here.
 """
 
 from __future__ import annotations

@@ -17,12 +17,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from sqlalchemy import or_, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, defer, sessionmaker
 
 from reconcile.db import is_conflict, transaction
 from reconcile.events import FreshRead, Normalised
 from reconcile.ids import new_id
 from reconcile.ingest import ingest
+from reconcile.ingest_many import ingest_many
 from reconcile.models import InboxEntry
 
 log = logging.getLogger(__name__)
@@ -151,19 +152,52 @@ class InboxJob:
                         for row in session.scalars(
                             select(InboxEntry)
                             .where(InboxEntry.id.in_([entry.id for entry, _ in batch]))
+                            .options(defer(InboxEntry.payload))
                             .with_for_update()
                         )
                     }
+                    done = self._apply_common(session, batch, rows, now)
                     # One flush for the batch lets inserts go out as multi-row statements;
                     # ingest flushes itself wherever a later lookup needs what it added.
                     with session.no_autoflush:
                         for entry, result in batch:
-                            self._apply(session, rows.get(entry.id), entry, result, now)
+                            if entry.id not in done:
+                                self._apply(session, rows.get(entry.id), entry, result, now)
                 return
             except Exception:
                 log.warning("a batch of %d entries failed; applying them one by one", len(batch))
         for entry, result in batch:
             self._finish_one(entry, result, now)
+
+    def _apply_common(
+        self,
+        session: Session,
+        batch: list[tuple[InboxEntry, Normalised | Exception]],
+        rows: dict[int, InboxEntry],
+        now: datetime,
+    ) -> set[int]:
+        """The entries `ingest_many` applies in bulk, marked processed in one statement."""
+        ours = [
+            (entry.id, result) for entry, result in batch
+            if isinstance(result, Normalised)
+            and (row := rows.get(entry.id)) is not None
+            and row.lease_owner == self.owner and row.status == "pending"
+        ]
+        if not ours:
+            return set()
+        done = ingest_many(session, ours, source=batch[0][0].channel, now=now)
+        if done:
+            for inbox_id in done:
+                # Out of the session, so that its stale copy is never flushed over this update.
+                session.expunge(rows[inbox_id])
+            session.execute(
+                update(InboxEntry)
+                .where(InboxEntry.id.in_(sorted(done)))
+                .values(status="processed", processed_at=now, error=None, lease_owner=None,
+                        lease_until=None, attempts=InboxEntry.attempts + 1)
+                .execution_options(synchronize_session=False)
+            )
+        return done
 
     def _finish_one(self, entry: InboxEntry, result: Normalised | Exception, now: datetime) -> None:
         for retry in range(CONFLICT_RETRIES + 1):

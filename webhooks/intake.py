@@ -13,10 +13,9 @@ import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Table, bindparam, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -77,13 +76,22 @@ def is_known(session: Session, incoming: Incoming) -> bool:
     ).first() is not None
 
 
-# Built once: a statement with bound parameters compiles once and is reused from the cache.
-_INSERT_IGNORING_DUPLICATES = {
-    name: dialect_insert(InboxEntry)
-    .on_conflict_do_nothing(index_elements=["channel", "notification_id"])
-    .returning(InboxEntry.id)
-    for name, dialect_insert in (("sqlite", sqlite.insert), ("postgresql", postgresql.insert))
-}
+# SQLAlchemy 2.0 cannot cache a compiled `on_conflict_do_nothing` statement (it has no cache
+# key), so it would be compiled again for every notification. The same SQL as text is cached;
+# SQLite and PostgreSQL both read it, and the column types still convert the values.
+_COLUMNS = ("channel", "notification_id", "kind", "subject", "environment", "payload",
+            "store_time", "received_at", "status", "attempts", "next_attempt_at",
+            "processed_at", "error")
+_INBOX = cast(Table, InboxEntry.__table__)
+_INSERT_IGNORING_DUPLICATE = text(
+    "INSERT INTO inbox (channel, notification_id, kind, subject, environment, payload,"
+    " store_time, received_at, status, attempts, next_attempt_at, processed_at, error)"
+    " VALUES (:channel, :notification_id, :kind, :subject, :environment, :payload,"
+    " :store_time, :received_at, :status, :attempts, :next_attempt_at, :processed_at, :error)"
+    " ON CONFLICT (channel, notification_id) DO NOTHING RETURNING id"
+).bindparams(*(bindparam(name, type_=_INBOX.c[name].type) for name in _COLUMNS))
+_INSERT_IGNORING_DUPLICATES = {"sqlite": _INSERT_IGNORING_DUPLICATE,
+                               "postgresql": _INSERT_IGNORING_DUPLICATE}
 
 
 def record(sessions: sessionmaker[Session], incoming: Incoming, now: datetime) -> bool:
