@@ -26,6 +26,7 @@ from appstoreserverlibrary.signed_data_verifier import SignedDataVerifier
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tests.conftest import APPLE_ISSUER_ID, APPLE_KEY_ID
 from tests.fakes.appstore import (
     DAY_MS,
     FakeAppStore,
@@ -38,8 +39,8 @@ from tests.fakes.appstore import (
 from tests.support.apple_ca import AppleTestCA
 
 BUNDLE_ID = "com.example.reconcile"
-KEY_ID = "KEY1234567"
-ISSUER_ID = "57246542-96fe-1a63-e053-0824d011072a"
+KEY_ID = APPLE_KEY_ID
+ISSUER_ID = APPLE_ISSUER_ID
 
 
 @pytest.fixture(scope="module")

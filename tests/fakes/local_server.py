@@ -57,3 +57,8 @@ class LocalServer:
         if self._server is None:
             raise RuntimeError(f"{type(self).__name__} is not started")
         return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    @property
+    def url(self) -> str:
+        """The root URL with a trailing slash."""
+        return self.origin + "/"

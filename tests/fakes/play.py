@@ -338,11 +338,6 @@ class FakePlay(LocalServer):
             ORDERS_BATCHGET: self._orders_batchget,
         }
 
-    @property
-    def url(self) -> str:
-        """Root URL with a trailing slash, for `client_options={"api_endpoint": url}`."""
-        return self.origin + "/"
-
     def _make_server(self) -> _Server:
         return _Server(self)
 

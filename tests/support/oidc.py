@@ -101,11 +101,6 @@ class OidcIssuer(LocalServer):
         super().__init__()
         self.thread_name = "oidc-issuer"
 
-    @property
-    def url(self) -> str:
-        """Root URL of the issuer's server, with a trailing slash."""
-        return self.origin + "/"
-
     def _make_server(self) -> _Server:
         return _Server(self)
 
