@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from reconcile.channels.apple import AppleProcessor
+from reconcile.channels.apple import AppleProcessor, Envelope
 from reconcile.channels.apple_normalise import normalise
+from reconcile.models import InboxEntry
 from tests.support.apple_ca import AppleTestCA
 from tests.support.apple_payloads import sign_notification
 from tests.support.server import RunningApp
@@ -66,10 +67,19 @@ def test_fixture(path: Path, app: RunningApp, apple_ca: AppleTestCA) -> None:
     ids=lambda p: p.stem,
 )
 def test_normalised(path: Path, app: RunningApp, apple_ca: AppleTestCA) -> None:
-    """The pure normaliser's outcome for a fixture matches the expected normalised result."""
+    """The pure normaliser's outcome for a fixture matches the expected normalised result.
+
+    The worker decodes the recorded payload without verifying it again: what it reads must be
+    exactly what verification produced when the notification was recorded.
+    """
     fixture = load(path)
     services = app.services
     assert services.apple is not None
     processor = AppleProcessor(services.apple)
     verified = services.apple.verify(sign_notification(apple_ca, fixture["notification"]))
-    assert normalise(processor.decode(verified)).summary() == fixture["expected"]["normalised"]
+    incoming = verified.incoming()
+    recorded = Envelope.recorded(InboxEntry(
+        channel="apple", notification_id=incoming.notification_id, payload=incoming.payload,
+        environment=incoming.environment))
+    assert recorded == Envelope.of(verified)
+    assert normalise(processor.decode(recorded)).summary() == fixture["expected"]["normalised"]

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from reconcile.channels.apple import AppleProcessor
+from reconcile.channels.apple import AppleProcessor, Envelope
 from reconcile.channels.apple_normalise import normalise
 from reconcile.config import Settings
 from reconcile.db import migrate
@@ -75,7 +75,8 @@ LIFECYCLE = [
 
 def decoded(app_ca: AppleTestCA, processor: AppleProcessor) -> list[Normalised]:
     assert processor.verifier is not None
-    return [normalise(processor.decode(processor.verifier.verify(sign_notification(app_ca, n))))
+    return [normalise(processor.decode(Envelope.of(
+                processor.verifier.verify(sign_notification(app_ca, n)))))
             for n in LIFECYCLE]
 
 

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
+from reconcile.channels.apple import Envelope
+from reconcile.channels.apple_normalise import MalformedPayload
 from reconcile.events import Normalised
 from reconcile.models import InboxEntry
 from reconcile.worker import Processor
 from tests.support.apple_ca import AppleTestCA
-from tests.support.apple_payloads import sign_notification
+from tests.support.apple_payloads import BUNDLE_ID, sign_notification
 from tests.support.server import FakeClock, RunningApp
 
 
@@ -67,6 +71,40 @@ def test_unprocessable_is_failed_and_does_not_block(app: RunningApp, apple_ca: A
     assert (bad.status, good.status) == ("failed", "processed")
     assert "originalTransactionId" in (bad.error or "")
     assert len(app.client.get("/v1/subscriptions").json()["items"]) == 1
+
+
+def test_nested_jws_are_verified_by_the_worker(app: RunningApp, apple_ca: AppleTestCA) -> None:
+    """The outer payload is verified before it is recorded, the transaction inside it when it is
+    processed: a forged transaction in an authentic notification fails and changes no state."""
+    forged = renewal(1, original="5000")
+    transaction = forged["data"].pop("transaction")
+    transaction.update(environment="Sandbox", bundleId=BUNDLE_ID, signedDate=forged["signedDate"])
+    forged["data"]["signedTransactionInfo"] = AppleTestCA.create("Impostor").sign(transaction)
+    post(app, apple_ca, forged)
+    post(app, apple_ca, renewal(2))
+    app.drain()
+    bad, good = inbox(app)
+    assert (bad.status, good.status) == ("failed", "processed")
+    assert "VERIFICATION_FAILURE" in (bad.error or "")
+    items = app.client.get("/v1/subscriptions").json()["items"]
+    assert len(items) == 1
+    assert "4000" in json.dumps(items)
+    assert "5000" not in json.dumps(items)
+
+
+@pytest.mark.parametrize("claims", [
+    {"notificationType": 5}, {"signedDate": "yesterday"}, {"data": []},
+    {"data": {"status": "1"}}, {"data": {"signedTransactionInfo": {"not": "a JWS"}}},
+])
+def test_recorded_payload_of_the_wrong_shape_is_malformed(
+    apple_ca: AppleTestCA, claims: dict[str, Any]
+) -> None:
+    """Decoding a recorded payload checks every field it reads: a wrong type can never be
+    processed (it is marked failed), rather than crashing or being read as something else."""
+    entry = InboxEntry(channel="apple", notification_id="n", environment="sandbox",
+                       payload=apple_ca.sign({"notificationType": "DID_RENEW", **claims}))
+    with pytest.raises(MalformedPayload):
+        Envelope.recorded(entry)
 
 
 def test_transient_failure_retried_with_backoff(

@@ -17,6 +17,7 @@ import base64
 import binascii
 import json
 import time
+from functools import lru_cache
 from typing import Any
 
 from appstoreserverlibrary.models.Environment import Environment
@@ -83,16 +84,13 @@ class FastSignedDataVerifier(SignedDataVerifier):
     def _decode_signed_object(self, signed_obj: str) -> dict[str, Any]:
         try:
             header_b64, payload_b64, signature_b64 = signed_obj.split(".")
-            header = json.loads(_b64url(header_b64))
+            x5c = _es256_chain(header_b64)
             payload = json.loads(_b64url(payload_b64))
             signature = _b64url(signature_b64)
-            if not isinstance(header, dict) or not isinstance(payload, dict):
-                raise ValueError("JWS header and payload must be objects")
-            x5c = header.get("x5c")
-            if not isinstance(x5c, list) or not x5c:
-                raise ValueError("x5c claim was empty")
-            if header.get("alg") != "ES256" or len(signature) != 64:
-                raise ValueError("Algorithm was not ES256")
+            if not isinstance(payload, dict):
+                raise ValueError("JWS payload must be an object")
+            if len(signature) != 64:
+                raise ValueError("not an ES256 signature")
             signed_date = payload.get("signedDate") or payload.get("receiptCreationDate")
             online = self._enable_online_checks
             effective_date = (
@@ -108,6 +106,24 @@ class FastSignedDataVerifier(SignedDataVerifier):
             raise
         except Exception as error:
             raise VerificationException(VerificationStatus.VERIFICATION_FAILURE) from error
+
+
+@lru_cache(maxsize=16)
+def _es256_chain(header_b64: str) -> tuple[str, ...]:
+    """The x5c chain of an ES256 JWS header; ValueError for any other header.
+
+    Every JWS Apple signs with one certificate carries the same header, so it is decoded once
+    (a pure function of its text: a cache entry can only ever be the same answer again).
+    """
+    header = json.loads(_b64url(header_b64))
+    if not isinstance(header, dict):
+        raise ValueError("JWS header must be an object")
+    x5c = header.get("x5c")
+    if not isinstance(x5c, list) or not x5c or not all(isinstance(c, str) for c in x5c):
+        raise ValueError("x5c claim was empty")
+    if header.get("alg") != "ES256":
+        raise ValueError("Algorithm was not ES256")
+    return tuple(x5c)
 
 
 def _check_claims(payload: dict[str, Any]) -> None:

@@ -14,7 +14,7 @@ import base64
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -64,13 +64,13 @@ class CachingChainVerifier:
         return self._verified(certificates, perform_online_checks, effective_date).public_key
 
     def public_key(
-        self, certificates: list[str], perform_online_checks: bool, effective_date: int
+        self, certificates: Sequence[str], perform_online_checks: bool, effective_date: int
     ) -> ec.EllipticCurvePublicKey:
         """The leaf's public key, parsed once per verified chain."""
         return self._verified(certificates, perform_online_checks, effective_date).key
 
     def _verified(
-        self, certificates: list[str], perform_online_checks: bool, effective_date: int
+        self, certificates: Sequence[str], perform_online_checks: bool, effective_date: int
     ) -> _Verified:
         key = tuple(certificates)
         now = self._clock()
@@ -79,7 +79,8 @@ class CachingChainVerifier:
             if hit is not None and self._usable(hit, perform_online_checks, effective_date, now):
                 self._entries.move_to_end(key)
                 return hit
-        public_key = self._inner.verify_chain(certificates, perform_online_checks, effective_date)
+        public_key = self._inner.verify_chain(
+            list(certificates), perform_online_checks, effective_date)
         parsed = serialization.load_pem_public_key(public_key.encode())
         if not isinstance(parsed, ec.EllipticCurvePublicKey):
             raise ValueError("leaf key is not an EC key")
@@ -99,7 +100,7 @@ class CachingChainVerifier:
         return not online or now - hit.verified_at < self._online_ttl
 
 
-def _validity(certificates: list[str]) -> tuple[float, float]:
+def _validity(certificates: Sequence[str]) -> tuple[float, float]:
     """The window in which every certificate of the chain is valid."""
     certs = [x509.load_der_x509_certificate(base64.b64decode(c)) for c in certificates]
     start = max(c.not_valid_before_utc for c in certs)

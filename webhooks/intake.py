@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from functools import cache
+from typing import Any
 
-from sqlalchemy import Table, bindparam, insert, select, text
+from sqlalchemy import Insert, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -41,7 +44,30 @@ class Incoming:
 def insert_entry(session: Session, incoming: Incoming, now: datetime) -> bool:
     """Insert `incoming` in the caller's transaction unless (channel, notification id) is
     known; True when it was new."""
-    values: dict[str, Any] = {
+    return insert_entries(session, [(incoming, now)])[0]
+
+
+def insert_entries(session: Session, batch: Sequence[tuple[Incoming, datetime]]) -> list[bool]:
+    """Insert every notification of `batch` not yet known, in one statement where the database
+    allows; for each, True when it was new (a repeat inside the batch is not)."""
+    rows = [_row(incoming, now) for incoming, now in batch]
+    connection = session.connection()
+    statement = _insert_ignoring_duplicates(connection.dialect.name)
+    if statement is None:
+        return [_insert_one(session, row) for row in rows]
+    # One multi-row INSERT ... ON CONFLICT DO NOTHING RETURNING: the keys it returns are the
+    # rows it inserted. A key repeated inside the batch is inserted (and returned) once.
+    inserted = set(connection.execute(statement, rows).tuples())
+    results = []
+    for row in rows:
+        key = (row["channel"], row["notification_id"])
+        results.append(key in inserted)
+        inserted.discard(key)
+    return results
+
+
+def _row(incoming: Incoming, now: datetime) -> dict[str, Any]:
+    return {
         "channel": incoming.channel,
         "notification_id": incoming.notification_id,
         "kind": incoming.kind[:96],
@@ -56,16 +82,30 @@ def insert_entry(session: Session, incoming: Incoming, now: datetime) -> bool:
         "processed_at": now if incoming.status != "pending" else None,
         "error": incoming.error,
     }
-    connection = session.connection()
-    statement = _INSERT_IGNORING_DUPLICATES.get(connection.dialect.name)
-    if statement is not None:
-        return connection.execute(statement, values).first() is not None
+
+
+def _insert_one(session: Session, row: dict[str, Any]) -> bool:
+    """A database without ON CONFLICT: the unique constraint decides, in a savepoint."""
     try:
         with session.begin_nested():
-            connection.execute(insert(InboxEntry), values)
+            session.connection().execute(insert(InboxEntry), row)
     except IntegrityError:
         return False
     return True
+
+
+@cache
+def _insert_ignoring_duplicates(dialect: str) -> Insert | None:
+    """The dialect's INSERT ... ON CONFLICT DO NOTHING RETURNING key, built once."""
+    module = {"sqlite": sqlite, "postgresql": postgresql}.get(dialect)
+    if module is None:
+        return None
+    statement: Insert = (
+        module.insert(InboxEntry)
+        .on_conflict_do_nothing(index_elements=["channel", "notification_id"])
+        .returning(InboxEntry.channel, InboxEntry.notification_id)
+    )
+    return statement
 
 
 def is_known(session: Session, incoming: Incoming) -> bool:
@@ -74,24 +114,6 @@ def is_known(session: Session, incoming: Incoming) -> bool:
         select(InboxEntry.id).where(InboxEntry.channel == incoming.channel,
                                     InboxEntry.notification_id == incoming.notification_id)
     ).first() is not None
-
-
-# SQLAlchemy 2.0 cannot cache a compiled `on_conflict_do_nothing` statement (it has no cache
-# key), so it would be compiled again for every notification. The same SQL as text is cached;
-# SQLite and PostgreSQL both read it, and the column types still convert the values.
-_COLUMNS = ("channel", "notification_id", "kind", "subject", "environment", "payload",
-            "store_time", "received_at", "status", "attempts", "next_attempt_at",
-            "processed_at", "error")
-_INBOX = cast(Table, InboxEntry.__table__)
-_INSERT_IGNORING_DUPLICATE = text(
-    "INSERT INTO inbox (channel, notification_id, kind, subject, environment, payload,"
-    " store_time, received_at, status, attempts, next_attempt_at, processed_at, error)"
-    " VALUES (:channel, :notification_id, :kind, :subject, :environment, :payload,"
-    " :store_time, :received_at, :status, :attempts, :next_attempt_at, :processed_at, :error)"
-    " ON CONFLICT (channel, notification_id) DO NOTHING RETURNING id"
-).bindparams(*(bindparam(name, type_=_INBOX.c[name].type) for name in _COLUMNS))
-_INSERT_IGNORING_DUPLICATES = {"sqlite": _INSERT_IGNORING_DUPLICATE,
-                               "postgresql": _INSERT_IGNORING_DUPLICATE}
 
 
 def record(sessions: sessionmaker[Session], incoming: Incoming, now: datetime) -> bool:
@@ -157,7 +179,7 @@ class Intake:
     def _write(self, batch: list[_Job]) -> None:
         try:
             with transaction(self._sessions) as session:
-                results = [insert_entry(session, incoming, now) for incoming, now, _ in batch]
+                results = insert_entries(session, [(incoming, now) for incoming, now, _ in batch])
         except Exception as error:  # every waiting request answers 5xx; the stores retry
             for _, _, future in batch:
                 future.set_exception(error)

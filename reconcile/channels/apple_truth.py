@@ -17,7 +17,7 @@ from appstoreserverlibrary.models.NotificationHistoryRequest import Notification
 from sqlalchemy.orm import Session
 
 from reconcile.chains import find_subscription
-from reconcile.channels.apple import AppleProcessor
+from reconcile.channels.apple import AppleProcessor, Envelope
 from reconcile.channels.apple_api import AppleApiError, AppStoreApi
 from reconcile.channels.apple_normalise import AppleMessage, MalformedPayload, millis, normalise
 from reconcile.reconciliation.sources import (
@@ -150,7 +150,7 @@ class AppleHistory:
         for entry in response.notificationHistory or []:
             try:
                 verified = self.truth.verifier.verify(entry.signedPayload or "")
-                message = self.truth.decoder.decode(verified)
+                message = self.truth.decoder.decode(Envelope.of(verified))
             except (AppleRejected, AppleUnavailable) as error:
                 errors.append(f"history entry not accepted: {error}")
                 continue
