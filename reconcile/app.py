@@ -22,7 +22,7 @@ from reconcile.api import (
 from reconcile.api.deps import require_admin
 from reconcile.errors import DomainError
 from reconcile.services import Services
-from webhooks import routes as webhook_routes
+from webhooks.routes import WebhookLane
 
 
 def create_app(services: Services, *, run_worker: bool = True) -> FastAPI:
@@ -41,9 +41,10 @@ def create_app(services: Services, *, run_worker: bool = True) -> FastAPI:
 
     app = FastAPI(title="Store reconciliation", version="0.1.0", lifespan=lifespan)
     app.state.services = services
+    # POST /webhooks/apple and /webhooks/google, answered before FastAPI's routing.
+    app.add_middleware(WebhookLane)
     admin = [Depends(require_admin)]
     app.include_router(health.router)
-    app.include_router(webhook_routes.router)
     app.include_router(subscriptions.router, dependencies=admin)
     app.include_router(accounts.router, dependencies=admin)
     app.include_router(refunds.router, dependencies=admin)

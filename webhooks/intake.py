@@ -15,10 +15,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Insert, insert, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Table, TextClause, bindparam, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -48,22 +47,35 @@ def insert_entry(session: Session, incoming: Incoming, now: datetime) -> bool:
 
 
 def insert_entries(session: Session, batch: Sequence[tuple[Incoming, datetime]]) -> list[bool]:
-    """Insert every notification of `batch` not yet known, in one statement where the database
-    allows; for each, True when it was new (a repeat inside the batch is not)."""
+    """Insert every notification of `batch` not yet known, a few statements for the lot; for
+    each, True when it was new (a repeat inside the batch is not)."""
     rows = [_row(incoming, now) for incoming, now in batch]
     connection = session.connection()
-    statement = _insert_ignoring_duplicates(connection.dialect.name)
-    if statement is None:
+    if connection.dialect.name not in ("sqlite", "postgresql"):
         return [_insert_one(session, row) for row in rows]
-    # One multi-row INSERT ... ON CONFLICT DO NOTHING RETURNING: the keys it returns are the
-    # rows it inserted. A key repeated inside the batch is inserted (and returned) once.
-    inserted = set(connection.execute(statement, rows).tuples())
+    # Multi-row INSERT ... ON CONFLICT DO NOTHING RETURNING: the keys they return are the rows
+    # they inserted. A key repeated inside the batch is inserted (and returned) once.
+    inserted: set[tuple[str, str]] = set()
+    start = 0
+    for size in _chunk_sizes(len(rows)):
+        chunk = rows[start:start + size]
+        start += size
+        parameters = {f"{name}_{i}": row[name] for i, row in enumerate(chunk) for name in row}
+        inserted.update(connection.execute(_insert_ignoring_duplicates(size), parameters).tuples())
     results = []
     for row in rows:
         key = (row["channel"], row["notification_id"])
         results.append(key in inserted)
         inserted.discard(key)
     return results
+
+
+def _chunk_sizes(count: int) -> list[int]:
+    """`count` as a sum of powers of two up to 64: few statements, and few distinct ones."""
+    sizes = [64] * (count // 64)
+    remainder = count % 64
+    sizes.extend(1 << bit for bit in reversed(range(6)) if remainder & (1 << bit))
+    return sizes
 
 
 def _row(incoming: Incoming, now: datetime) -> dict[str, Any]:
@@ -94,18 +106,30 @@ def _insert_one(session: Session, row: dict[str, Any]) -> bool:
     return True
 
 
+_COLUMNS = ("channel", "notification_id", "kind", "subject", "environment", "payload",
+            "store_time", "received_at", "status", "attempts", "next_attempt_at",
+            "processed_at", "error")
+_INBOX = cast(Table, InboxEntry.__table__)
+
+
 @cache
-def _insert_ignoring_duplicates(dialect: str) -> Insert | None:
-    """The dialect's INSERT ... ON CONFLICT DO NOTHING RETURNING key, built once."""
-    module = {"sqlite": sqlite, "postgresql": postgresql}.get(dialect)
-    if module is None:
-        return None
-    statement: Insert = (
-        module.insert(InboxEntry)
-        .on_conflict_do_nothing(index_elements=["channel", "notification_id"])
-        .returning(InboxEntry.channel, InboxEntry.notification_id)
+def _insert_ignoring_duplicates(rows: int) -> TextClause:
+    """INSERT of `rows` rows that skips known keys and returns the keys it inserted.
+
+    Text, because SQLAlchemy 2.0 cannot cache a compiled `on_conflict_do_nothing` (it would
+    compile the statement again for every batch); text is compiled once per engine, and the
+    columns' types still convert the values. SQLite and PostgreSQL both read this SQL.
+    """
+    values = ", ".join(
+        "(" + ", ".join(f":{name}_{i}" for name in _COLUMNS) + ")" for i in range(rows))
+    # Only constant column names and placeholders go into the text; the values are bound.
+    statement = text(
+        f"INSERT INTO inbox ({', '.join(_COLUMNS)}) VALUES {values}"  # noqa: S608
+        " ON CONFLICT (channel, notification_id) DO NOTHING RETURNING channel, notification_id"
     )
-    return statement
+    return statement.bindparams(*(bindparam(f"{name}_{i}", type_=_INBOX.c[name].type)
+                                  for i in range(rows) for name in _COLUMNS))
+
 
 
 def is_known(session: Session, incoming: Incoming) -> bool:
