@@ -96,6 +96,19 @@ def test_malformed_body_is_400(app: RunningApp, body: bytes, content: str) -> No
     assert_nothing_recorded(app)
 
 
+@pytest.mark.parametrize("path", ["/webhooks/apple", "/webhooks/google"])
+def test_webhooks_take_only_post(app: RunningApp, path: str) -> None:
+    """The webhook lane answers other methods 405 with Allow, in FastAPI's error shape, and
+    leaves every other path to the application."""
+    response = app.client.get(path)
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    assert response.json() == {"detail": "Method Not Allowed"}
+    assert app.client.get("/webhooks/apple/").status_code == 404
+    assert app.client.get("/healthz").status_code == 200
+    assert_nothing_recorded(app)
+
+
 def test_oversized_body_is_413(app: RunningApp) -> None:
     """A body over 1 MiB is refused with 413 before it is parsed."""
     response = app.client.post("/webhooks/apple",
