@@ -37,10 +37,11 @@ from reconcile.state import (
     STATE_FIELDS,
     Channel,
     Observation,
-    Stamp,
     Status,
     SubscriptionState,
     apply,
+    decode_clock,
+    encode_clock,
 )
 
 
@@ -217,7 +218,7 @@ def to_state(row: Subscription) -> SubscriptionState:
         grace_expires_at=row.grace_expires_at,
         account_id=row.account_id,
         prepaid=row.prepaid,
-        clock={name: Stamp.decode(raw) for name, raw in (row.clock or {}).items()},
+        clock=decode_clock(row.clock),
     )
 
 
@@ -225,7 +226,7 @@ def write_state(row: Subscription, state: SubscriptionState, now: datetime) -> N
     for name in STATE_FIELDS:
         value = getattr(state, name)
         setattr(row, name, value.value if isinstance(value, Status) else value)
-    row.clock = {name: stamp.encode() for name, stamp in state.clock.items()}
+    row.clock = encode_clock(state.clock)
     row.last_event_at = state.last_event_at
     row.updated_at = now
 

@@ -32,10 +32,11 @@ from reconcile.state import (
     STATE_FIELDS,
     Channel,
     Observation,
-    Stamp,
     Status,
     SubscriptionState,
     apply,
+    decode_clock,
+    encode_clock,
 )
 
 # Outbox entries that a state change may confirm (see `confirm_cancellations`,
@@ -201,7 +202,7 @@ def _lock(session: Session, store_ids: list[str]) -> dict[str, _Held | None]:
             grace_expires_at=row["grace_expires_at"],
             account_id=row["account_id"],
             prepaid=row["prepaid"],
-            clock={name: Stamp.decode(raw) for name, raw in (row["clock"] or {}).items()},
+            clock=decode_clock(row["clock"]),
         )
         held[row["store_id"]] = _Held(row["id"], row["held_store_id"], row["version"], state)
     ids = [row.id for row in held.values()]
@@ -233,7 +234,7 @@ def _create(
     values: dict[str, Any] = {
         "id": row.id, "channel": Channel.APPLE.value, "environment": environment,
         "store_id": row.store_id, "created_at": now, "updated_at": now,
-        "clock": {name: stamp.encode() for name, stamp in state.clock.items()},
+        "clock": encode_clock(state.clock),
         "last_event_at": state.last_event_at,
         "version": 1 if state == row.state else 2,
     }
@@ -248,7 +249,7 @@ def _write(row: _Held, state: SubscriptionState, now: datetime) -> dict[str, Any
     for name in STATE_FIELDS:
         value = getattr(state, name)
         values[f"v_{name}"] = value.value if isinstance(value, Status) else value
-    values["v_clock"] = {name: stamp.encode() for name, stamp in state.clock.items()}
+    values["v_clock"] = encode_clock(state.clock)
     values["v_last_event_at"] = state.last_event_at
     values["v_updated_at"] = now
     values["v_version"] = row.version + 1

@@ -9,7 +9,7 @@ older observation can never roll a newer field back.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
@@ -57,6 +57,24 @@ class Stamp:
     @classmethod
     def decode(cls, raw: list[str]) -> Stamp:
         return cls(datetime.fromisoformat(raw[0]), raw[1])
+
+
+def encode_clock(clock: Mapping[str, Stamp]) -> dict[str, list[str]]:
+    """A clock as stored (JSON)."""
+    return {name: stamp.encode() for name, stamp in clock.items()}
+
+
+def decode_clock(raw: Mapping[str, Sequence[str]] | None) -> dict[str, Stamp]:
+    """A stored clock; the fields one message stamped share one decoded `Stamp`."""
+    decoded: dict[tuple[str, ...], Stamp] = {}
+    clock = {}
+    for name, value in (raw or {}).items():
+        key = tuple(value)
+        stamp = decoded.get(key)
+        if stamp is None:
+            stamp = decoded[key] = Stamp.decode(list(value))
+        clock[name] = stamp
+    return clock
 
 
 @dataclass(frozen=True)
