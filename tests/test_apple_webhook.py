@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -9,9 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jwt
 import pytest
 
+from reconcile.app import create_app
 from reconcile.config import APPLE_ROOT_CA_G3, Settings
 from reconcile.services import build_services
 from tests.conftest import ADMIN_TOKEN
@@ -106,6 +109,21 @@ def test_webhooks_take_only_post(app: RunningApp, path: str) -> None:
     assert response.json() == {"detail": "Method Not Allowed"}
     assert app.client.get("/webhooks/apple/").status_code == 404
     assert app.client.get("/healthz").status_code == 200
+    assert_nothing_recorded(app)
+
+
+def test_webhook_lane_under_a_root_path(app: RunningApp) -> None:
+    """Mounted below a path prefix (`root_path`), the lane still finds the webhooks."""
+
+    async def statuses() -> list[int]:
+        transport = httpx.ASGITransport(app=create_app(app.services, run_worker=False),
+                                        root_path="/api")
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return [(await client.get("/api/webhooks/apple")).status_code,
+                    (await client.post("/api/webhooks/apple", content=b"[]")).status_code,
+                    (await client.get("/api/healthz")).status_code]
+
+    assert asyncio.run(statuses()) == [405, 400, 200]
     assert_nothing_recorded(app)
 
 

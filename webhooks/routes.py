@@ -117,7 +117,7 @@ class WebhookLane:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        handler = HANDLERS.get(scope["path"]) if scope["type"] == "http" else None
+        handler = HANDLERS.get(_route_path(scope)) if scope["type"] == "http" else None
         if handler is None:
             await self.app(scope, receive, send)
             return
@@ -133,3 +133,10 @@ class WebhookLane:
                 response = JSONResponse({"detail": error.detail}, error.status_code,
                                         headers=error.headers)
         await response(scope, receive, send)
+
+
+def _route_path(scope: Scope) -> str:
+    """The path below the mount point (`root_path`), as the application's routing sees it."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
