@@ -60,7 +60,7 @@ def insert_entries(session: Session, batch: Sequence[tuple[Incoming, datetime]])
     for size in _chunk_sizes(len(rows)):
         chunk = rows[start:start + size]
         start += size
-        parameters = {f"{name}_{i}": row[name] for i, row in enumerate(chunk) for name in row}
+        parameters = {f"{name}_{i}": row[name] for i, row in enumerate(chunk) for name in _COLUMNS}
         inserted.update(connection.execute(_insert_ignoring_duplicates(size), parameters).tuples())
     results = []
     for row in rows:
@@ -129,7 +129,6 @@ def _insert_ignoring_duplicates(rows: int) -> TextClause:
     )
     return statement.bindparams(*(bindparam(f"{name}_{i}", type_=_INBOX.c[name].type)
                                   for i in range(rows) for name in _COLUMNS))
-
 
 
 def is_known(session: Session, incoming: Incoming) -> bool:
