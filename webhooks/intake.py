@@ -139,12 +139,6 @@ def is_known(session: Session, incoming: Incoming) -> bool:
     ).first() is not None
 
 
-def record(sessions: sessionmaker[Session], incoming: Incoming, now: datetime) -> bool:
-    """Insert and commit one notification; True when new. The row survives a crash."""
-    with transaction(sessions) as session:
-        return insert_entry(session, incoming, now)
-
-
 _Job = tuple[Incoming, datetime, "Future[bool]"]
 
 
@@ -164,9 +158,6 @@ class Intake:
         self._queue.put((incoming, now, future))
         self._ensure_running()
         return future
-
-    def record(self, incoming: Incoming, now: datetime, timeout: float = 30.0) -> bool:
-        return self.submit(incoming, now).result(timeout)
 
     def close(self) -> None:
         with self._lock:
