@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,12 +53,15 @@ class Services:
     # What a cancellation or plan change means on each channel (reconcile.cancellation).
     cancellers: dict[str, Canceller] = field(default_factory=dict)
     intake: Intake = field(init=False)
+    # Set when the intake records work, so that this process's worker starts on it at once.
+    new_work: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
-        self.intake = Intake(self.sessions)
+        self.intake = Intake(self.sessions, on_recorded=self.new_work.set)
 
     def worker(self) -> Worker:
-        return Worker(self.jobs, clock=self.clock, poll_seconds=self.settings.worker_poll_seconds)
+        return Worker(self.jobs, clock=self.clock, poll_seconds=self.settings.worker_poll_seconds,
+                      wake=self.new_work)
 
     def close(self) -> None:
         self.reconciler.close()

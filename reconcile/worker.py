@@ -287,10 +287,20 @@ def _store_id(result: Normalised | Exception) -> str:
 class Worker:
     """Runs every job in turn until stopped; `drain` runs them until all are idle (tests, CLI)."""
 
-    def __init__(self, jobs: Sequence[Job], *, clock: Clock = utcnow, poll_seconds: float = 0.2):
+    def __init__(
+        self,
+        jobs: Sequence[Job],
+        *,
+        clock: Clock = utcnow,
+        poll_seconds: float = 0.2,
+        wake: threading.Event | None = None,
+    ):
         self.jobs = list(jobs)
         self.clock = clock
         self.poll_seconds = poll_seconds
+        # Set by whoever records new work in this process (the intake): no need to wait for
+        # the next poll. Work recorded by other processes is found by polling.
+        self._wake = wake if wake is not None else threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -315,7 +325,9 @@ class Worker:
     def run_forever(self) -> None:
         while not self._stop.is_set():
             if self.run_once() == 0:
-                self._stop.wait(self.poll_seconds)
+                self._wake.wait(self.poll_seconds)
+                # Cleared before the next round looks for work, so no wake-up is lost.
+                self._wake.clear()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run_forever, name="reconcile-worker",
@@ -324,5 +336,6 @@ class Worker:
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)

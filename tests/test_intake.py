@@ -60,3 +60,22 @@ def test_intake_answers_each_request_after_its_commit(database_url: str) -> None
     finally:
         intake.close()
         engine.dispose()
+
+
+def test_intake_signals_only_new_work(database_url: str) -> None:
+    """The worker is woken by a commit that recorded something to process; not by a repeat, not
+    by a notification kept only as rejected."""
+    engine = make_engine(database_url)
+    woken: list[int] = []
+    intake = Intake(make_sessionmaker(engine), on_recorded=lambda: woken.append(1))
+    try:
+        assert intake.submit(incoming(1), NOW).result(10)
+        assert woken == [1]
+        assert not intake.submit(incoming(1), NOW).result(10)
+        rejected = Incoming(channel="google", notification_id="bad", kind="UNKNOWN",
+                            payload="{}", status="rejected", error="not a notification")
+        assert intake.submit(rejected, NOW).result(10)
+        assert woken == [1]
+    finally:
+        intake.close()
+        engine.dispose()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -13,8 +14,10 @@ from sqlalchemy import select
 
 from reconcile.channels.apple import Envelope
 from reconcile.channels.apple_normalise import MalformedPayload
+from reconcile.config import Settings
 from reconcile.events import Normalised
 from reconcile.models import InboxEntry
+from reconcile.services import build_services
 from reconcile.worker import Processor
 from tests.support.apple_ca import AppleTestCA
 from tests.support.apple_payloads import BUNDLE_ID, sign_notification
@@ -156,3 +159,37 @@ def test_expired_lease_is_taken_over(
     clock.advance(seconds=1)
     app.drain()
     assert inbox(app)[0].status == "processed"
+
+
+@dataclass
+class Rounds:
+    """A job registered like any other that only counts the worker's rounds."""
+
+    name: str = "rounds"
+    done: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
+
+    def run_once(self, now: datetime) -> int:
+        self.done.release()
+        return 0
+
+
+def test_recorded_work_wakes_the_worker(
+    make_settings: Callable[..., Settings], clock: FakeClock, apple_ca: AppleTestCA
+) -> None:
+    """A notification recorded by this process is processed at once, not at the next poll."""
+    services = build_services(make_settings(worker_poll_seconds=600), clock=clock)
+    rounds = Rounds()
+    services.jobs.append(rounds)
+    worker = services.worker()
+    worker.start()
+    try:
+        assert rounds.done.acquire(timeout=10)  # a round found nothing: the worker now waits
+        assert services.apple is not None
+        verified = services.apple.verify(sign_notification(apple_ca, renewal(1)))
+        assert services.intake.submit(verified.incoming(), clock()).result(10)
+        assert rounds.done.acquire(timeout=10)  # the next round came long before the poll
+        with services.sessions() as session:
+            assert session.scalars(select(InboxEntry.status)).all() == ["processed"]
+    finally:
+        worker.stop()
+        services.close()

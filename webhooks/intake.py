@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
@@ -145,9 +145,17 @@ _Job = tuple[Incoming, datetime, "Future[bool]"]
 class Intake:
     """The group-committing writer behind the webhook routes."""
 
-    def __init__(self, sessions: sessionmaker[Session], *, max_batch: int = 500) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        *,
+        max_batch: int = 500,
+        on_recorded: Callable[[], None] | None = None,
+    ) -> None:
         self._sessions = sessions
         self._max_batch = max_batch
+        # Called after a commit that recorded something new to process (wakes the worker).
+        self._on_recorded = on_recorded
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -198,5 +206,10 @@ class Intake:
             for _, _, future in batch:
                 future.set_exception(error)
             return
+        if self._on_recorded is not None and any(
+            new and incoming.status == "pending"
+            for (incoming, _, _), new in zip(batch, results, strict=True)
+        ):
+            self._on_recorded()
         for (_, _, future), new in zip(batch, results, strict=True):
             future.set_result(new)
