@@ -6,6 +6,7 @@ naively with the library's `SignedDataVerifier` (notification + transaction + re
 
     python -m bench.apple_ingest --notifications 3000 --clients 8 --rounds 3
     python -m bench.apple_ingest --database-url postgresql+psycopg://... --processes 2
+    python -m bench.apple_ingest --workers 1        # and a `reconcile worker` beside serve
 
 Each round starts a service on a fresh SQLite file; the round with the median ratio is
 reported in full (a shared machine's speed drifts between rounds).
@@ -30,7 +31,7 @@ from reconcile.db import make_engine, make_sessionmaker, migrate
 from reconcile.models import InboxEntry
 from tests.support.apple_ca import AppleTestCA
 from tests.support.apple_payloads import BUNDLE_ID, sign_notification
-from tests.support.process import service_env, start_service
+from tests.support.process import service_env, start_service, start_worker
 
 DAY = 86_400_000
 
@@ -98,7 +99,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--notifications", type=int, default=3000)
     parser.add_argument("--subscriptions", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument("--processes", type=int, default=1, help="`reconcile serve` processes")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="`reconcile worker` processes beside them (a multi-process layout)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds on fresh SQLite files, the median reported in full "
                              "(always one round with --database-url)")
@@ -148,6 +151,7 @@ def run(args: argparse.Namespace, ca: AppleTestCA, root: Path, payloads: list[st
             process, url = start_service(env)
             processes.append(process)
             urls.append(url)
+        processes.extend(start_worker(env) for _ in range(args.workers))
         began = time.perf_counter()
         latencies, posting = post_concurrently(urls, "/webhooks/apple", bodies, args.clients)
         finished = wait_processed(database_url, len(payloads), timeout=600)
@@ -164,6 +168,7 @@ def run(args: argparse.Namespace, ca: AppleTestCA, root: Path, payloads: list[st
     figures = {
         "database": database_url.split(":", 1)[0],
         "processes": args.processes,
+        "worker_processes": args.workers,
         "notifications": len(payloads),
         "clients": args.clients,
         "accepted_per_second": len(payloads) / posting,

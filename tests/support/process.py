@@ -41,16 +41,8 @@ def start_service(
     Its output goes to `log` (default: a new temporary file), never to a pipe nobody reads: a
     busy service would fill the pipe and block on its next log line.
     """
-    if log is None:
-        handle, name = tempfile.mkstemp(prefix="reconcile-serve-", suffix=".log")
-        os.close(handle)
-        log = Path(name)
     port = free_port()
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "reconcile", "serve", "--port", str(port), *args],
-            env=env, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT,
-        )
+    process, log = _spawn(env, ["serve", "--port", str(port), *args], log)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -63,6 +55,24 @@ def start_service(
             time.sleep(0.05)
     process.kill()
     raise RuntimeError(f"service did not become ready: {log.read_text(errors='replace')[-4000:]}")
+
+
+def start_worker(env: dict[str, str], log: Path | None = None) -> subprocess.Popen[bytes]:
+    """`reconcile worker`, the background worker alone, with its output in `log`."""
+    return _spawn(env, ["worker"], log)[0]
+
+
+def _spawn(
+    env: dict[str, str], args: list[str], log: Path | None
+) -> tuple[subprocess.Popen[bytes], Path]:
+    if log is None:
+        handle, name = tempfile.mkstemp(prefix=f"reconcile-{args[0]}-", suffix=".log")
+        os.close(handle)
+        log = Path(name)
+    with log.open("wb") as output:
+        process = subprocess.Popen([sys.executable, "-m", "reconcile", *args], env=env, cwd=ROOT,
+                                   stdout=output, stderr=subprocess.STDOUT)
+    return process, log
 
 
 def stop_service(process: subprocess.Popen[bytes]) -> None:
