@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 
 from reconcile.api import (
@@ -22,7 +24,7 @@ from reconcile.api import (
 from reconcile.api.deps import require_admin
 from reconcile.errors import DomainError
 from reconcile.services import Services
-from webhooks.routes import WebhookLane
+from webhooks.routes import OPENAPI_PATHS, WebhookLane
 
 
 def create_app(services: Services, *, run_worker: bool = True) -> FastAPI:
@@ -54,6 +56,15 @@ def create_app(services: Services, *, run_worker: bool = True) -> FastAPI:
     app.include_router(portal.router, dependencies=admin)
     app.include_router(reconciliations.router, dependencies=admin)
     app.include_router(acknowledgements.router, dependencies=admin)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            schema["paths"] = {**OPENAPI_PATHS, **schema["paths"]}
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.exception_handler(DomainError)
     async def domain_error(_request: Request, error: DomainError) -> JSONResponse:

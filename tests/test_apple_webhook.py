@@ -127,6 +127,16 @@ def test_webhook_lane_under_a_root_path(app: RunningApp) -> None:
     assert_nothing_recorded(app)
 
 
+def test_webhooks_are_in_the_openapi_document(app: RunningApp) -> None:
+    """The lane answers them before FastAPI's routing; the API's document still shows them."""
+    paths = app.client.get("/openapi.json").json()["paths"]
+    assert {"/webhooks/apple", "/webhooks/google", "/v1/subscriptions"} <= set(paths)
+    apple = paths["/webhooks/apple"]["post"]
+    assert set(apple["responses"]) == {"200", "400", "401", "404", "413", "503"}
+    assert apple["requestBody"]["content"]["application/json"]["schema"]["required"] == [
+        "signedPayload"]
+
+
 def test_oversized_body_is_413(app: RunningApp) -> None:
     """A body over 1 MiB is refused with 413 before it is parsed."""
     response = app.client.post("/webhooks/apple",

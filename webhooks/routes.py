@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -108,6 +109,44 @@ def _authenticated_google(request: Request, services: Services) -> str:
 
 Handler = Callable[[Request, Services], Awaitable[Response]]
 HANDLERS: dict[str, Handler] = {"/webhooks/apple": apple, "/webhooks/google": google}
+
+
+def _operation(summary: str, body: dict[str, Any], answer: dict[str, Any],
+               refusals: dict[str, str]) -> dict[str, Any]:
+    def described(text: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+        content = {"application/json": {"schema": schema or _DETAIL}}
+        return {"description": text, "content": content}
+
+    return {"post": {
+        "tags": ["webhooks"], "summary": summary,
+        "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+        "responses": {"200": described("verified and durably recorded", answer),
+                      **{code: described(text) for code, text in refusals.items()}},
+    }}
+
+
+_DETAIL = {"type": "object", "properties": {"detail": {"type": "string"}}}
+_FLAGS = {"recorded": {"type": "boolean"}, "duplicate": {"type": "boolean"}}
+# The lane answers before FastAPI's routing, so these go into the OpenAPI document by hand.
+OPENAPI_PATHS: dict[str, Any] = {
+    "/webhooks/apple": _operation(
+        "App Store Server Notifications V2",
+        {"type": "object", "required": ["signedPayload"],
+         "properties": {"signedPayload": {"type": "string", "description": "a JWS"}}},
+        {"type": "object", "properties": _FLAGS},
+        {"400": "not {\"signedPayload\": \"<JWS>\"}", "401": "not authentic, or not for this app",
+         "404": "Apple not configured", "413": "body over 1 MiB",
+         "503": "not recorded for now (storage, OCSP): retry"},
+    ),
+    "/webhooks/google": _operation(
+        "Google Play real-time developer notification (Cloud Pub/Sub push)",
+        {"type": "object", "description": "a Pub/Sub push envelope"},
+        {"type": "object", "properties": {**_FLAGS, "status": {"type": "string"}}},
+        {"400": "not a Pub/Sub push envelope", "401": "push token refused",
+         "404": "Google not configured", "413": "body over 1 MiB",
+         "503": "not recorded for now: Pub/Sub redelivers"},
+    ),
+}
 
 
 class WebhookLane:
