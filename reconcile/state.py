@@ -65,16 +65,8 @@ def encode_clock(clock: Mapping[str, Stamp]) -> dict[str, list[str]]:
 
 
 def decode_clock(raw: Mapping[str, Sequence[str]] | None) -> dict[str, Stamp]:
-    """A stored clock; the fields one message stamped share one decoded `Stamp`."""
-    decoded: dict[tuple[str, ...], Stamp] = {}
-    clock = {}
-    for name, value in (raw or {}).items():
-        key = tuple(value)
-        stamp = decoded.get(key)
-        if stamp is None:
-            stamp = decoded[key] = Stamp.decode(list(value))
-        clock[name] = stamp
-    return clock
+    """A stored clock."""
+    return {name: Stamp.decode(list(value)) for name, value in (raw or {}).items()}
 
 
 @dataclass(frozen=True)
