@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session
 
 from reconcile.cancellation import Canceller, Reason, cancel_all
 from reconcile.errors import Invalid, UnknownAccount
-from reconcile.ledger import ensure_account
 from reconcile.models import Account, Purchase, Subscription
+from reconcile.store_records import ensure_account
 
 
 def known_account(session: Session, account_id: str, now: datetime) -> Account:

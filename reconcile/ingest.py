@@ -15,23 +15,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from reconcile.chains import absorb, continued_by_account, find_subscription
-from reconcile.events import (
-    Normalised,
-)
 from reconcile.ids import new_id
-from reconcile.ledger import (
-    ensure_account,
-    queue_consumption_answer,
-    record_purchase,
-    record_refund,
-    record_refund_declined,
-    require_acknowledgement,
-)
 from reconcile.models import (
     OutboxEntry,
     StoreId,
     Subscription,
     SubscriptionEvent,
+)
+from reconcile.outcomes import (
+    Normalised,
 )
 from reconcile.state import (
     STATE_FIELDS,
@@ -42,6 +34,14 @@ from reconcile.state import (
     apply,
     decode_clock,
     encode_clock,
+)
+from reconcile.store_records import (
+    ensure_account,
+    queue_consumption_answer,
+    record_purchase,
+    record_refund,
+    record_refund_declined,
+    require_acknowledgement,
 )
 
 

@@ -24,10 +24,10 @@ from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
-from reconcile.events import Normalised
 from reconcile.ids import new_id
 from reconcile.ingest import _jsonable
 from reconcile.models import Account, OutboxEntry, StoreId, Subscription, SubscriptionEvent
+from reconcile.outcomes import Normalised
 from reconcile.state import (
     STATE_FIELDS,
     Channel,

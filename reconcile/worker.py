@@ -20,11 +20,11 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, defer, sessionmaker
 
 from reconcile.db import is_conflict, transaction
-from reconcile.events import FreshRead, Normalised
 from reconcile.ids import new_id
 from reconcile.ingest import ingest
 from reconcile.ingest_many import ingest_many
 from reconcile.models import InboxEntry
+from reconcile.outcomes import FreshRead, Normalised
 
 log = logging.getLogger(__name__)
 

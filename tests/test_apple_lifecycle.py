@@ -13,9 +13,9 @@ from reconcile.channels.apple import AppleProcessor, Envelope
 from reconcile.channels.apple_normalise import normalise
 from reconcile.config import Settings
 from reconcile.db import migrate
-from reconcile.events import Normalised
 from reconcile.ingest import ingest
 from reconcile.models import Subscription
+from reconcile.outcomes import Normalised
 from reconcile.services import build_services
 from reconcile.state import SubscriptionState, apply
 from reconcile.views import present

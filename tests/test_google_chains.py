@@ -12,9 +12,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from reconcile.chains import find_subscription
 from reconcile.db import make_engine, make_sessionmaker, transaction
-from reconcile.events import Normalised, RefundSeen
 from reconcile.ingest import ingest
 from reconcile.models import Refund, StoreId, Subscription, SubscriptionEvent
+from reconcile.outcomes import Normalised, RefundSeen
 from reconcile.state import Channel, Observation, Stamp
 
 T = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)

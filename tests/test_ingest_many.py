@@ -11,10 +11,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from reconcile.db import make_engine, make_sessionmaker, transaction
-from reconcile.events import Normalised, RefundSeen
 from reconcile.ingest import ingest, to_state
 from reconcile.ingest_many import ingest_many
 from reconcile.models import Account, Subscription, SubscriptionEvent
+from reconcile.outcomes import Normalised, RefundSeen
 from reconcile.state import Channel, Observation, Stamp, SubscriptionState
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)

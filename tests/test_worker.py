@@ -15,8 +15,8 @@ from sqlalchemy import select
 from reconcile.channels.apple import Envelope
 from reconcile.channels.apple_normalise import MalformedPayload
 from reconcile.config import Settings
-from reconcile.events import Normalised
 from reconcile.models import InboxEntry
+from reconcile.outcomes import Normalised
 from reconcile.services import build_services
 from reconcile.worker import Processor
 from tests.support.apple_ca import AppleTestCA

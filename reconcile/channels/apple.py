@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from reconcile.channels.apple_normalise import AppleMessage, MalformedPayload, normalise
-from reconcile.events import Normalised
 from reconcile.models import InboxEntry
+from reconcile.outcomes import Normalised
 from reconcile.worker import PermanentError
 from webhooks.apple import AppleRejected, AppleVerifier, VerifiedNotification
 from webhooks.apple_jws import unverified_claims

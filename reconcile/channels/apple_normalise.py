@@ -17,7 +17,7 @@ from appstoreserverlibrary.models.JWSTransactionDecodedPayload import (
     JWSTransactionDecodedPayload,
 )
 
-from reconcile.events import (
+from reconcile.outcomes import (
     ConsumptionRequested,
     Normalised,
     PurchaseSeen,

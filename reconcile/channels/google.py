@@ -11,8 +11,8 @@ from typing import Any
 
 from reconcile.channels import google_normalise as gn
 from reconcile.channels.google_play import PlayClient, PlayPermanentError
-from reconcile.events import FreshRead, Normalised
 from reconcile.models import InboxEntry
+from reconcile.outcomes import FreshRead, Normalised
 from reconcile.state import Stamp
 from reconcile.worker import PermanentError
 from webhooks.google import (

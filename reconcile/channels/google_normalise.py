@@ -11,7 +11,7 @@ from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from reconcile.events import AcknowledgementDue, Normalised, PurchaseSeen, RefundSeen
+from reconcile.outcomes import AcknowledgementDue, Normalised, PurchaseSeen, RefundSeen
 from reconcile.state import Channel, Observation, Stamp, Status
 from webhooks.google import REVOKED, DeveloperNotification
 

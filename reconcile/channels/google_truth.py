@@ -19,9 +19,9 @@ from sqlalchemy.orm import Session
 from reconcile.chains import find_subscription
 from reconcile.channels import google_normalise as gn
 from reconcile.channels.google_play import PlayClient, PlayPermanentError, PlayUnavailable
-from reconcile.events import Normalised
 from reconcile.ingest import ingest
 from reconcile.models import Refund
+from reconcile.outcomes import Normalised
 from reconcile.reconciliation.sources import (
     Fetched,
     Filters,

@@ -15,9 +15,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from reconcile.events import Normalised
 from reconcile.ingest import as_applied, ingest, to_state
 from reconcile.models import Acknowledgement, Refund, Subscription
+from reconcile.outcomes import Normalised
 from reconcile.reconciliation.drift import changes, describe, drift
 from reconcile.reconciliation.sources import Fetched, Finding, Target
 from reconcile.state import Status, SubscriptionState

@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
-from reconcile.events import Normalised
 from reconcile.models import Cursor
+from reconcile.outcomes import Normalised
 
 
 @dataclass(frozen=True)

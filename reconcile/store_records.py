@@ -12,15 +12,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from reconcile.chains import find_subscription
-from reconcile.events import (
+from reconcile.ids import new_id
+from reconcile.models import Account, Acknowledgement, OutboxEntry, Purchase, Refund, Subscription
+from reconcile.outcomes import (
     AcknowledgementDue,
     ConsumptionRequested,
     PurchaseSeen,
     RefundDeclined,
     RefundSeen,
 )
-from reconcile.ids import new_id
-from reconcile.models import Account, Acknowledgement, OutboxEntry, Purchase, Refund, Subscription
 from reconcile.state import Stamp
 
 # Apple wants a consumption answer within 12 hours of the request.
