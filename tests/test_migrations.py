@@ -12,14 +12,16 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from reconcile.db import MIGRATION_LOCK
+from reconcile.db import MIGRATION_LOCK, alembic_config
 from reconcile.models import Base
 from tests.support.postgres import POSTGRES_ENV, PostgresDatabases
 
-HEAD = "0001"
+# The newest revision, whichever it is: every migration must end at the models' schema.
+HEAD = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
 
 
 @pytest.fixture
