@@ -21,7 +21,8 @@ from reconcile.api import (
     refunds,
     subscriptions,
 )
-from reconcile.api.deps import require_admin
+from reconcile.api.deps import require_admin, require_app
+from reconcile.catalog import api as catalog_api
 from reconcile.errors import DomainError
 from reconcile.services import Services
 from webhooks.routes import OPENAPI_PATHS, WebhookLane
@@ -46,9 +47,13 @@ def create_app(services: Services, *, run_worker: bool = True) -> FastAPI:
     # POST /webhooks/apple and /webhooks/google, answered before FastAPI's routing.
     app.add_middleware(WebhookLane)
     admin = [Depends(require_admin)]
+    # The endpoints marked "app" in the contract: the business's backend, or an admin.
+    app_token = [Depends(require_app)]
     app.include_router(health.router)
     app.include_router(subscriptions.router, dependencies=admin)
-    app.include_router(accounts.router, dependencies=admin)
+    app.include_router(accounts.router, dependencies=app_token)
+    app.include_router(catalog_api.router, dependencies=app_token)
+    app.include_router(catalog_api.admin_router, dependencies=admin)
     app.include_router(refunds.router, dependencies=admin)
     app.include_router(refunds.requests_router, dependencies=admin)
     app.include_router(actions.router, dependencies=admin)

@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from reconcile.app import create_app
+from reconcile.catalog.file import CatalogError
 from reconcile.config import Settings
 from reconcile.db import migrate, transaction
 from reconcile.errors import StoreNotConfigured
@@ -34,7 +35,12 @@ def _start(level: int = logging.INFO) -> Services:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = Settings()
     migrate(settings.database_url)
-    services = build_services(settings)
+    try:
+        services = build_services(settings)
+    except CatalogError as error:
+        # A broken catalog would grant nothing (or the wrong things): refuse to start.
+        typer.echo(f"RECONCILE_CATALOG_FILE: {error}", err=True)
+        raise typer.Exit(2) from error
     _settle_memory()
     return services
 

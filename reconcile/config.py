@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -26,6 +26,11 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite:///./reconcile.db"
     admin_token: SecretStr | None = None
+    # The business's backend: may call only the endpoints marked "app" in the contract.
+    app_token: SecretStr | None = None
+    catalog_file: Path | None = None
+    # What a purchase submitted for one account does when another account already holds it.
+    transfer_policy: Literal["keep", "transfer"] = "keep"
 
     apple_bundle_id: str | None = None
     apple_app_apple_id: int | None = None

@@ -13,13 +13,16 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from reconcile.catalog.file import Catalog
 from reconcile.models import (
     Acknowledgement,
     Discrepancy,
     InboxEntry,
     OutboxEntry,
+    Purchase,
     ReconciliationRun,
     Refund,
+    Subscription,
 )
 
 
@@ -29,6 +32,7 @@ class Metrics:
         sessions: sessionmaker[Session],
         clock: Callable[[], datetime],
         unacknowledged_age_hours: float = 24.0,
+        catalog: Catalog | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         self.received = Counter(
@@ -40,6 +44,8 @@ class Metrics:
             ["channel", "reason"], registry=self.registry,
         )
         self.registry.register(_DatabaseCollector(sessions, clock, unacknowledged_age_hours))
+        if catalog is not None and catalog.products:
+            self.registry.register(_UnknownProducts(sessions, catalog))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -135,6 +141,31 @@ class _DatabaseCollector(Collector):
             reconciliation = list(_reconciliation(session, now))
         yield from (by_status, lag, refunds, amounts, requests, cancellations, unacked,
                     *reconciliation)
+
+
+class _UnknownProducts(Collector):
+    """Stored subscriptions and purchases whose product the catalog does not name: they grant
+    nothing, which is right for a retired product and a bug for a new one."""
+
+    def __init__(self, sessions: sessionmaker[Session], catalog: Catalog) -> None:
+        self.sessions = sessions
+        self.catalog = catalog
+
+    def collect(self) -> Iterator[Metric]:
+        unknown = GaugeMetricFamily(
+            "reconcile_unknown_products",
+            "Subscriptions and one-time purchases of products the catalog does not name.",
+            labels=["channel", "kind", "product_id"],
+        )
+        with self.sessions() as session:
+            for kind, model in (("subscription", Subscription), ("purchase", Purchase)):
+                for channel, product, count in session.execute(
+                    select(model.channel, model.product_id, func.count())
+                    .group_by(model.channel, model.product_id)
+                ):
+                    if product and not self.catalog.knows(product):
+                        unknown.add_metric([channel, kind, product], count)
+        yield unknown
 
 
 def _reconciliation(session: Session, now: datetime) -> Iterator[Metric]:

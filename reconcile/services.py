@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from reconcile.acknowledgements import AcknowledgementJob, AcknowledgementWatchdog
 from reconcile.cancellation import Canceller, default_cancellers
+from reconcile.catalog.file import Catalog, load_catalog
 from reconcile.channels.apple import AppleProcessor
 from reconcile.channels.apple_api import AppStoreApi
 from reconcile.channels.apple_truth import AppleTruth
@@ -44,6 +45,7 @@ class Services:
     metrics: Metrics
     apple: AppleVerifier | None
     reconciler: Reconciler
+    catalog: Catalog = field(default_factory=Catalog)
     apple_api: AppStoreApi | None = None
     google_push: PushAuthenticator | None = None
     play: PlayClient | None = None
@@ -81,9 +83,10 @@ def build_services(
     settings: Settings, *, clock: Clock = utcnow, sleep: Callable[[float], None] = time.sleep
 ) -> Services:
     """Wire every part the settings enable; `sleep` is what store clients back off with."""
+    catalog = load_catalog(settings.catalog_file) if settings.catalog_file else Catalog()
     engine = make_engine(settings.database_url)
     sessions = make_sessionmaker(engine)
-    metrics = Metrics(sessions, clock, settings.google_ack_watchdog_hours)
+    metrics = Metrics(sessions, clock, settings.google_ack_watchdog_hours, catalog)
     owner = worker_id()
     truth: dict[str, TruthSource] = {}
     reconciler = Reconciler(
@@ -93,6 +96,7 @@ def build_services(
     services = Services(
         settings=settings, engine=engine, sessions=sessions, clock=clock, metrics=metrics,
         apple=build_apple_verifier(settings), reconciler=reconciler, truth=truth,
+        catalog=catalog,
         apple_api=AppStoreApi.from_settings(settings, sleep=sleep),
         google_push=build_push_authenticator(settings), play=build_play_client(settings),
         cancellers=default_cancellers(settings.google_package_name),
@@ -105,7 +109,8 @@ def build_services(
     if services.play is not None and settings.google_package_name:
         services.processors["google"] = GoogleProcessor(
             services.play, settings.google_package_name,
-            consumables=settings.google_consumable_products,
+            # Credit packs are used up, so Google must see them consumed, not only acknowledged.
+            consumables=[*settings.google_consumable_products, *catalog.credit_products],
             concurrency=settings.google_read_concurrency,
         )
         truth["google"] = GoogleTruth(services.play, settings.google_package_name)

@@ -10,10 +10,13 @@ from typing import Any
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
+from reconcile.catalog.file import Catalog
+from reconcile.catalog.service import grants_of
 from reconcile.models import Account, OutboxEntry, Purchase, StoreId, Subscription
 from reconcile.state import Status, entitled
 
 CANCELLATION_STATES = {"pending": "requested"}
+EMPTY_CATALOG = Catalog()
 
 
 def iso(value: datetime | None) -> str | None:
@@ -181,20 +184,24 @@ def purchase_json(row: Purchase, blocked: bool) -> dict[str, Any]:
     }
 
 
-def account_document(session: Session, account_id: str, now: datetime) -> dict[str, Any] | None:
-    """An account's entitlement, block, consent, usage, subscriptions and purchases; None when
-    the service knows nothing of it."""
-    subs = list(
-        session.scalars(
-            select(Subscription).where(Subscription.account_id == account_id)
-            .order_by(Subscription.created_at, Subscription.id)
-        )
-    )
+def account_document(
+    session: Session,
+    account_id: str,
+    now: datetime,
+    catalog: Catalog = EMPTY_CATALOG,
+    *,
+    environment: str | None = None,
+) -> dict[str, Any] | None:
+    """An account's entitlements, block, consent, usage, subscriptions and purchases (only
+    those of `environment` when given); None when the service knows nothing of it."""
+    subs_query = select(Subscription).where(Subscription.account_id == account_id)
+    purchases_query = select(Purchase).where(Purchase.account_id == account_id)
+    if environment:
+        subs_query = subs_query.where(Subscription.environment == environment)
+        purchases_query = purchases_query.where(Purchase.environment == environment)
+    subs = list(session.scalars(subs_query.order_by(Subscription.created_at, Subscription.id)))
     purchases = list(
-        session.scalars(
-            select(Purchase).where(Purchase.account_id == account_id)
-            .order_by(Purchase.created_at, Purchase.id)
-        )
+        session.scalars(purchases_query.order_by(Purchase.created_at, Purchase.id))
     )
     row = session.get(Account, account_id)
     if row is None and not subs and not purchases:
@@ -212,4 +219,9 @@ def account_document(session: Session, account_id: str, now: datetime) -> dict[s
                   "credits_used": row.credits_used if row else 0},
         "subscriptions": items,
         "purchases": purchase_items,
+        "entitlements": [
+            grant.json()
+            for grant in grants_of(catalog, subs, purchases, blocked=blocked, now=now)
+        ],
+        "credits": {"balance": 0},
     }
