@@ -24,6 +24,7 @@ from reconcile.api import (
 from reconcile.api.deps import require_admin, require_app
 from reconcile.catalog import api as catalog_api
 from reconcile.errors import DomainError
+from reconcile.purchases import api as purchases_api
 from reconcile.services import Services
 from webhooks.routes import OPENAPI_PATHS, WebhookLane
 
@@ -54,6 +55,7 @@ def create_app(services: Services, *, run_worker: bool = True) -> FastAPI:
     app.include_router(accounts.router, dependencies=app_token)
     app.include_router(catalog_api.router, dependencies=app_token)
     app.include_router(catalog_api.admin_router, dependencies=admin)
+    app.include_router(purchases_api.router, dependencies=app_token)
     app.include_router(refunds.router, dependencies=admin)
     app.include_router(refunds.requests_router, dependencies=admin)
     app.include_router(actions.router, dependencies=admin)

@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     google_calls_per_minute: int = Field(default=1200, gt=0)
     # Consumables (usage credits) are consumed rather than acknowledged.
     google_consumable_products: Annotated[list[str], NoDecode] = []
+    # Purchases by license testers (testPurchase): accepted, and shown as environment sandbox.
+    google_test_purchases: bool = True
     google_ack_watchdog_hours: float = Field(default=24.0, gt=0)
     google_read_concurrency: int = Field(default=8, gt=0)
     google_api_timeout_seconds: float = Field(default=10.0, gt=0)

@@ -29,11 +29,13 @@ from reconcile.state import (
     STATE_FIELDS,
     Channel,
     Observation,
+    Stamp,
     Status,
     SubscriptionState,
     apply,
     decode_clock,
     encode_clock,
+    link_stamp,
 )
 from reconcile.store_records import (
     ensure_account,
@@ -260,3 +262,29 @@ def confirm_plan_changes(session: Session, row: Subscription, now: datetime) -> 
         if entry.payload.get("product_id") in (row.renewal_product_id, row.product_id):
             entry.state = "confirmed"
             entry.confirmed_at = now
+
+
+def link_account(
+    session: Session, row: Subscription, account_id: str, *, now: datetime, source: str
+) -> Applied:
+    """The business says `row` belongs to `account_id` (a submitted purchase, a transfer).
+
+    Applied through the same merge as store facts, with a stamp no store time reaches, so a
+    later notification carrying another appAccountToken cannot take the subscription back.
+    """
+    previous = row.account_id
+    stamp = link_stamp(now)
+    held = decode_clock(row.clock).get("account_id")
+    if held is not None and held >= stamp:
+        # Two links within one clock tick: the later call still wins.
+        stamp = Stamp(held.time, held.tiebreak + "+")
+    observation = Observation(
+        channel=Channel(row.channel),
+        store_id=row.store_id,
+        stamp=stamp,
+        kind="TRANSFERRED" if previous and previous != account_id else "ACCOUNT_LINKED",
+        environment=row.environment,
+        fields={"account_id": account_id},
+        detail={"from_account_id": previous, "to_account_id": account_id},
+    )
+    return apply_observation(session, observation, source=source, now=now)

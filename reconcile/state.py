@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -57,6 +57,18 @@ class Stamp:
     @classmethod
     def decode(cls, raw: list[str]) -> Stamp:
         return cls(datetime.fromisoformat(raw[0]), raw[1])
+
+
+# The time of an account link the business made (a submitted purchase, a transfer). A store's
+# appAccountToken / obfuscatedExternalAccountId is fixed at purchase and often not the business's
+# account id, so once the business has said whose a purchase is, no store message may say
+# otherwise: its stamp outranks every store time. Later links outrank earlier ones by tiebreak.
+LINKED = datetime.max.replace(tzinfo=UTC)
+
+
+def link_stamp(now: datetime) -> Stamp:
+    """The stamp of an account link made at `now`."""
+    return Stamp(LINKED, f"link:{now.astimezone(UTC).isoformat()}")
 
 
 def encode_clock(clock: Mapping[str, Stamp]) -> dict[str, list[str]]:
@@ -105,7 +117,8 @@ class SubscriptionState:
 
     @property
     def last_event_at(self) -> datetime | None:
-        return max((s.time for s in self.clock.values()), default=None)
+        """Store time of the newest store fact applied (account links are not store facts)."""
+        return max((s.time for s in self.clock.values() if s.time != LINKED), default=None)
 
 
 def apply(state: SubscriptionState, observation: Observation) -> SubscriptionState:

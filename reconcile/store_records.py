@@ -169,3 +169,14 @@ def require_acknowledgement(session: Session, due: AcknowledgementDue, now: date
         session.add(Acknowledgement(channel="google", store_id=due.store_id,
                                     product_id=due.product_id, kind=due.kind, first_seen_at=now,
                                     attempts=0, next_attempt_at=now))
+
+
+def link_purchase(session: Session, row: Purchase, account_id: str, now: datetime) -> bool:
+    """The business says the one-time purchase `row` is `account_id`'s; True when it moved."""
+    if row.account_id == account_id:
+        return False
+    row.account_id = account_id
+    row.updated_at = now
+    ensure_account(session, account_id, now)
+    session.flush()
+    return True

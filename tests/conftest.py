@@ -28,6 +28,7 @@ from tests.support.google import (
 )
 from tests.support.oidc import OidcIssuer
 from tests.support.postgres import POSTGRES_ENV, PostgresDatabases
+from tests.support.purchases import APP_TOKEN, CATALOG, Shop
 from tests.support.server import FakeClock, RunningApp, serve_in_thread
 
 ADMIN_TOKEN = "test-admin-token"
@@ -248,3 +249,38 @@ def google_app(
 @pytest.fixture
 def pusher(google_app: RunningApp, oidc: OidcIssuer) -> Pusher:
     return Pusher(google_app.client, oidc)
+
+
+@pytest.fixture
+def shop_for(
+    make_google_settings: Callable[..., Settings],
+    apple_api_settings: dict[str, Any],
+    apple_ca: AppleTestCA,
+    fake_appstore: FakeAppStore,
+    fake_play: FakePlay,
+    oidc: OidcIssuer,
+    clock: FakeClock,
+) -> Iterator[Callable[[dict[str, Any]], Shop]]:
+    """Builds the service a purchases fixture describes (catalog, app token, App Store API or
+    not, transfer policy), each over real HTTP beside the fake stores."""
+    running: list[tuple[Any, Any]] = []
+
+    def make(fixture: dict[str, Any]) -> Shop:
+        overrides: dict[str, Any] = {
+            "catalog_file": CATALOG, "app_token": APP_TOKEN,
+            "transfer_policy": fixture.get("transfer_policy", "keep"),
+            "google_api_retries": 0, **fixture.get("settings", {}),
+        }
+        if fixture.get("api"):
+            # The fake is one environment (sandbox): ask only it.
+            overrides = {**apple_api_settings, "apple_environments": ["sandbox"], **overrides}
+        services = build_services(make_google_settings(**overrides), clock=clock, sleep=no_sleep)
+        context = serve_in_thread(services, ADMIN_TOKEN)
+        app = context.__enter__()
+        running.append((context, services))
+        return Shop(app, fixture, apple_ca, fake_appstore, fake_play, oidc, clock)
+
+    yield make
+    for context, services in running:
+        context.__exit__(None, None, None)
+        services.close()

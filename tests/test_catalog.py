@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from reconcile.catalog.file import CatalogError, load_catalog
-
-CATALOG = Path(__file__).parent.parent / "fixtures" / "catalog" / "phone.toml"
+from tests.support.purchases import CATALOG
 
 
 def test_the_fixture_catalog_grants_entitlements_and_credits() -> None:

@@ -18,11 +18,11 @@ from tests.support.policy import (
     portal_subscription,
     post_apple,
 )
+from tests.support.purchases import APP_TOKEN, CATALOG
 from tests.support.server import FakeClock, RunningApp, serve_in_thread
-from tests.test_catalog import CATALOG
 
 ACCOUNT = "5b0c8a2e-3333-4333-8333-000000000003"
-APP_TOKEN = "test-app-token"
+
 NUMBER_LOCK = "com.example.phone.numberlock"
 
 

@@ -140,6 +140,18 @@ class AppleVerifier:
             )
         raise AppleRejected(status)
 
+    def verify_transaction(self, signed: str) -> tuple[str, JWSTransactionDecodedPayload]:
+        """A StoreKit 2 signed transaction (jwsRepresentation) on its own, with the same checks
+        as a notification: signature, chain, bundle id, app id (production) and environment."""
+        try:
+            claimed = unverified_claims(signed).get("environment")
+        except ValueError as error:
+            raise AppleRejected("MALFORMED_JWS") from error
+        environment = claimed.lower() if isinstance(claimed, str) else ""
+        if environment not in ENVIRONMENTS:
+            raise AppleRejected("INVALID_ENVIRONMENT")
+        return environment, self.transaction(environment, signed)
+
     def transaction(self, environment: str, signed: str) -> JWSTransactionDecodedPayload:
         decoded: JWSTransactionDecodedPayload = self._call(
             environment, "verify_and_decode_signed_transaction", signed

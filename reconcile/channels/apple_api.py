@@ -19,12 +19,23 @@ from typing import Any, TypeVar
 
 import certifi
 import urllib3
-from appstoreserverlibrary.api_client import APIError, APIException, AppStoreServerAPIClient
+from appstoreserverlibrary.api_client import (
+    APIError,
+    APIException,
+    AppStoreServerAPIClient,
+    GetTransactionHistoryVersion,
+)
 from appstoreserverlibrary.models.ConsumptionRequest import ConsumptionRequest
 from appstoreserverlibrary.models.Environment import Environment
+from appstoreserverlibrary.models.HistoryResponse import HistoryResponse
 from appstoreserverlibrary.models.NotificationHistoryRequest import NotificationHistoryRequest
 from appstoreserverlibrary.models.NotificationHistoryResponse import NotificationHistoryResponse
 from appstoreserverlibrary.models.StatusResponse import StatusResponse
+from appstoreserverlibrary.models.TransactionHistoryRequest import (
+    Order,
+    TransactionHistoryRequest,
+)
+from appstoreserverlibrary.models.TransactionInfoResponse import TransactionInfoResponse
 from requests import RequestException
 from urllib3.exceptions import HTTPError as Urllib3Error
 
@@ -161,6 +172,28 @@ class AppStoreApi:
             environment, "get_all_subscription_statuses", transaction_id
         )
         return statuses
+
+    def transaction_info(self, environment: str, transaction_id: str) -> str | None:
+        """The signed transaction (JWS, still to verify) Apple holds for `transaction_id`."""
+        answer: TransactionInfoResponse = self._call(
+            environment, "get_transaction_info", transaction_id
+        )
+        return answer.signedTransactionInfo
+
+    def transaction_history(self, environment: str, transaction_id: str) -> list[str]:
+        """Every signed transaction of the customer behind `transaction_id`, all pages."""
+        signed: list[str] = []
+        revision: str | None = None
+        request = TransactionHistoryRequest(sort=Order.ASCENDING, revoked=None)
+        while True:
+            page: HistoryResponse = self._call(
+                environment, "get_transaction_history", transaction_id, revision, request,
+                GetTransactionHistoryVersion.V2,
+            )
+            signed.extend(page.signedTransactions or [])
+            if not page.hasMore or not page.revision or page.revision == revision:
+                return signed
+            revision = page.revision
 
     def notification_history(
         self, environment: str, request: NotificationHistoryRequest, page: str | None

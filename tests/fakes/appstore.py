@@ -413,6 +413,9 @@ class FakeAppStore(LocalServer):
         self.subscriptions: dict[str, list[SubscriptionGroupItem]] = {}
         self.notifications: list[JSON] = []
         self.transactions: dict[str, JSON] = {}
+        # Transaction id -> customer: Get Transaction History answers all of one customer's
+        # transactions (every product); without an entry a customer is one original id.
+        self.customers: dict[str, str] = {}
         self.refunds: dict[str, list[JSON]] = {}
         self.consumption_requests: list[tuple[str, JSON]] = []
         self.app_account_token_requests: list[tuple[str, str]] = []
@@ -788,7 +791,11 @@ class FakeAppStore(LocalServer):
         original_id = self._original_id_for(any_id)
         if original_id is None:
             raise _ApiError(404, 4040010)
-        txs = [t for t in self._all_transactions() if t.get("originalTransactionId") == original_id]
+        customer = self.customers.get(any_id)
+        txs = [t for t in self._all_transactions()
+               if t.get("originalTransactionId") == original_id
+               or (customer is not None and self.customers.get(str(t.get("transactionId")))
+                   == customer)]
         txs = self._filter_history(txs, query)
         page, revision, has_more = self._page(txs, _first(query, "revision"), 4000005)
         return _ok({

@@ -320,6 +320,8 @@ class FakePlay(LocalServer):
         self.violations: list[Call] = []
         self.unexpected: list[Call] = []
         self.errors: list[str] = []
+        # Tokens another app's purchases carry: Google refuses them under our package name.
+        self.foreign_tokens: dict[str, str] = {}
         self.token_requests: list[JsonDict] = []
         self.issued_tokens: list[str] = []
         self._faults: list[_Fault] = []
@@ -460,6 +462,9 @@ class FakePlay(LocalServer):
         package = request.params.get("packageName")
         if self.package_name is not None and package != self.package_name:
             return 404, google_error(404, f"No application was found for {package}.")
+        if request.params.get("token") in self.foreign_tokens:
+            return 400, google_error(400, "The purchase token does not match the package name.",
+                                     "purchaseTokenDoesNotMatchPackageName")
         for fault in self._faults:
             if name.endswith(fault.suffix) and fault.remaining > 0:
                 fault.remaining -= 1

@@ -1,0 +1,1 @@
+"""Purchases the business's backend submits right after they happen in the app."""
