@@ -67,5 +67,48 @@ def post_concurrently(
     return latencies, time.perf_counter() - started
 
 
+def get_concurrently(
+    url: str, paths: list[str], clients: int, headers: dict[str, str] | None = None
+) -> tuple[list[float], float]:
+    """GET every path with `clients` threads on kept-alive connections; latencies and wall
+    time. Any answer but 200 stops the run."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    failures: list[str] = []
+    target = urlsplit(url)
+    head = "".join(f"{name}: {value}\r\n"
+                   for name, value in {"Host": target.netloc, **(headers or {})}.items())
+
+    def run(index: int) -> None:
+        mine: list[float] = []
+        connection = socket.create_connection((target.hostname, target.port), timeout=30)
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            for path in paths[index::clients]:
+                began = time.perf_counter()
+                connection.sendall(f"GET {path} HTTP/1.1\r\n{head}\r\n".encode())
+                response = http.client.HTTPResponse(connection)
+                response.begin()
+                answer = response.read()
+                mine.append(time.perf_counter() - began)
+                if response.status != 200:
+                    failures.append(f"{response.status}: {answer[:200]!r}")
+                    return
+        finally:
+            connection.close()
+        with lock:
+            latencies.extend(mine)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise RuntimeError(f"unexpected answer {failures[0]}")
+    return latencies, time.perf_counter() - started
+
+
 def percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]

@@ -65,6 +65,30 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
 
 
+def make_read_engine(url: str, engine: Engine) -> Engine:
+    """An engine for reads that must not queue behind writers: on SQLite, WAL readers see a
+    snapshot without the write lock that `make_engine` takes on every BEGIN; elsewhere the
+    main engine (PostgreSQL readers never wait for writers)."""
+    if not url.startswith("sqlite"):
+        return engine
+    reader = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+    @event.listens_for(reader, "connect")
+    def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA query_only=ON")
+        cursor.close()
+
+    @event.listens_for(reader, "begin")
+    def _sqlite_begin(connection: Any) -> None:
+        # Deferred: one consistent snapshot for the transaction's reads, no lock taken.
+        connection.exec_driver_sql("BEGIN")
+
+    return reader
+
+
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 

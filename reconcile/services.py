@@ -23,7 +23,7 @@ from reconcile.channels.google_truth import GoogleTruth
 from reconcile.channels.portal import PortalExpiryJob
 from reconcile.config import Settings
 from reconcile.consumption import ConsumptionJob
-from reconcile.db import make_engine, make_sessionmaker
+from reconcile.db import make_engine, make_read_engine, make_sessionmaker
 from reconcile.metrics import Metrics
 from reconcile.outbox import GoogleCancelJob
 from reconcile.ratelimit import RateLimiter
@@ -46,6 +46,8 @@ class Services:
     apple: AppleVerifier | None
     reconciler: Reconciler
     catalog: Catalog = field(default_factory=Catalog)
+    # Reads on the business's hot path (entitlements): never behind SQLite's write lock.
+    reader: Engine | None = None
     apple_api: AppStoreApi | None = None
     google_push: PushAuthenticator | None = None
     play: PlayClient | None = None
@@ -76,6 +78,8 @@ class Services:
                 job.close()
         if self.play is not None:
             self.play.close()
+        if self.reader is not None and self.reader is not self.engine:
+            self.reader.dispose()
         self.engine.dispose()
 
 
@@ -96,7 +100,7 @@ def build_services(
     services = Services(
         settings=settings, engine=engine, sessions=sessions, clock=clock, metrics=metrics,
         apple=build_apple_verifier(settings), reconciler=reconciler, truth=truth,
-        catalog=catalog,
+        catalog=catalog, reader=make_read_engine(settings.database_url, engine),
         apple_api=AppStoreApi.from_settings(settings, sleep=sleep),
         google_push=build_push_authenticator(settings), play=build_play_client(settings),
         cancellers=default_cancellers(settings.google_package_name),

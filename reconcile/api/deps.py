@@ -69,7 +69,7 @@ def _unauthorized() -> HTTPException:
     return HTTPException(401, "admin token required", headers={"WWW-Authenticate": "Bearer"})
 
 
-def require_admin(request: Request, services: ServicesDep) -> None:
+async def require_admin(request: Request, services: ServicesDep) -> None:
     """The admin token; the app token is known but not allowed here (403)."""
     role = token_role(request, services.settings)
     if role == "app":
@@ -78,7 +78,7 @@ def require_admin(request: Request, services: ServicesDep) -> None:
         raise _unauthorized()
 
 
-def require_app(request: Request, services: ServicesDep) -> None:
+async def require_app(request: Request, services: ServicesDep) -> None:
     """The endpoints the business's backend calls: the app token or the admin token."""
     if token_role(request, services.settings) is None:
         raise _unauthorized()

@@ -9,13 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import String, TextualSelect, text
+from sqlalchemy.engine import Connection
 
 from reconcile.catalog.file import Catalog
-from reconcile.models import Account, Purchase, Subscription
+from reconcile.models import UTCDateTime
 from reconcile.state import Status, entitled
 
 # One-time purchases that grant their entitlements for good (until refunded or revoked).
@@ -53,8 +53,38 @@ class Grant:
         }
 
 
+class SubscriptionFacts(Protocol):
+    """What a grant needs of a subscription: an ORM row or a plain result row."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def channel(self) -> str: ...
+    @property
+    def product_id(self) -> str | None: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def expires_at(self) -> datetime | None: ...
+    @property
+    def grace_expires_at(self) -> datetime | None: ...
+
+
+class PurchaseFacts(Protocol):
+    @property
+    def id(self) -> str: ...
+    @property
+    def channel(self) -> str: ...
+    @property
+    def product_id(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+
+
 def subscription_grants(
-    catalog: Catalog, row: Subscription, *, blocked: bool, now: datetime
+    catalog: Catalog, row: SubscriptionFacts, *, blocked: bool, now: datetime
 ) -> list[Grant]:
     """What `row` grants through its current product."""
     status = Status(row.status)
@@ -67,7 +97,7 @@ def subscription_grants(
     ]
 
 
-def purchase_grants(catalog: Catalog, row: Purchase, *, blocked: bool) -> list[Grant]:
+def purchase_grants(catalog: Catalog, row: PurchaseFacts, *, blocked: bool) -> list[Grant]:
     """What a one-time purchase grants: a non-consumable for good, until refunded or revoked."""
     if row.kind not in LASTING_KINDS:
         return []
@@ -90,8 +120,8 @@ def best_grants(grants: Iterable[Grant]) -> list[Grant]:
 
 def grants_of(
     catalog: Catalog,
-    subscriptions: Sequence[Subscription],
-    purchases: Sequence[Purchase],
+    subscriptions: Sequence[SubscriptionFacts],
+    purchases: Sequence[PurchaseFacts],
     *,
     blocked: bool,
     now: datetime,
@@ -105,24 +135,71 @@ def grants_of(
     return best_grants(every)
 
 
+@dataclass(frozen=True)
+class _Held:
+    """One subscription or purchase of the account, as the entitlement read returns it."""
+
+    id: str
+    channel: str
+    product_id: str
+    status: str
+    expires_at: datetime | None
+    grace_expires_at: datetime | None
+    kind: str
+
+    @property
+    def state(self) -> str:
+        return self.status
+
+
+def _read_statement(environment: bool) -> TextualSelect:
+    """Everything an entitlement answer needs in one round trip: the account's subscriptions,
+    its purchases, and whether it is blocked. Built once; SQLAlchemy then caches it."""
+    where_env = " AND environment = :environment" if environment else ""
+    return text(f"""
+        SELECT 's' AS source, id, channel, product_id, status, expires_at, grace_expires_at,
+               '' AS kind
+          FROM subscriptions WHERE account_id = :account{where_env}
+        UNION ALL
+        SELECT 'p', id, channel, product_id, state, NULL, NULL, kind
+          FROM purchases WHERE account_id = :account{where_env}
+        UNION ALL
+        SELECT 'b', account_id, '', '', '', blocked_at, NULL, ''
+          FROM accounts WHERE account_id = :account AND blocked_at IS NOT NULL
+    """).columns(source=String(), id=String(), channel=String(), product_id=String(),  # noqa: S608
+                 status=String(), expires_at=UTCDateTime(), grace_expires_at=UTCDateTime(),
+                 kind=String())
+
+
+_READ = {False: _read_statement(False), True: _read_statement(True)}
+
+
 def entitlements(
-    session: Session,
+    connection: Connection,
     catalog: Catalog,
     account_id: str,
     now: datetime,
     *,
     environment: str | None = None,
 ) -> list[Grant]:
-    """Every entitlement `account_id` holds or held, as of `now`."""
+    """Every entitlement `account_id` holds or held, as of `now`.
+
+    The business may ask on every request its app makes: one indexed read of the columns a
+    grant needs, no ORM objects.
+    """
     if not catalog.products:
         return []
-    subs = select(Subscription).where(Subscription.account_id == account_id)
-    purchases = select(Purchase).where(Purchase.account_id == account_id)
-    if environment:
-        subs = subs.where(Subscription.environment == environment)
-        purchases = purchases.where(Purchase.environment == environment)
-    blocked = session.scalar(
-        select(Account.blocked_at.is_not(None)).where(Account.account_id == account_id)
-    )
-    return grants_of(catalog, list(session.scalars(subs)), list(session.scalars(purchases)),
-                     blocked=bool(blocked), now=now)
+    params = {"account": account_id, "environment": environment}
+    subscriptions: list[_Held] = []
+    purchases: list[_Held] = []
+    blocked = False
+    for row in connection.execute(_READ[environment is not None], params):
+        held = _Held(row.id, row.channel, row.product_id or "", row.status, row.expires_at,
+                     row.grace_expires_at, row.kind)
+        if row.source == "s":
+            subscriptions.append(held)
+        elif row.source == "p":
+            purchases.append(held)
+        else:
+            blocked = True
+    return grants_of(catalog, subscriptions, purchases, blocked=blocked, now=now)
