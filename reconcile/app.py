@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 
@@ -22,6 +23,7 @@ from reconcile.api import (
     subscriptions,
 )
 from reconcile.api.deps import require_admin
+from reconcile.api.input_checks import storable_input, validation_error
 from reconcile.errors import DomainError
 from reconcile.services import Services
 from webhooks.routes import OPENAPI_PATHS, WebhookLane
@@ -45,7 +47,7 @@ def create_app(services: Services, *, run_worker: bool = True) -> FastAPI:
     app.state.services = services
     # POST /webhooks/apple and /webhooks/google, answered before FastAPI's routing.
     app.add_middleware(WebhookLane)
-    admin = [Depends(require_admin)]
+    admin = [Depends(require_admin), Depends(storable_input)]
     app.include_router(health.router)
     app.include_router(subscriptions.router, dependencies=admin)
     app.include_router(accounts.router, dependencies=admin)
@@ -65,6 +67,8 @@ def create_app(services: Services, *, run_worker: bool = True) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+    app.add_exception_handler(RequestValidationError, validation_error)
 
     @app.exception_handler(DomainError)
     async def domain_error(_request: Request, error: DomainError) -> JSONResponse:
