@@ -43,12 +43,13 @@ NowDep = Annotated[datetime, Depends(get_now)]
 def require_admin(request: Request, services: ServicesDep) -> None:
     """Bearer token in constant time; with no token configured every request is refused."""
     configured = services.settings.admin_token
+    if configured is None or not configured.get_secret_value():
+        raise HTTPException(401, "admin API disabled: RECONCILE_ADMIN_TOKEN is not set",
+                            headers={"WWW-Authenticate": "Bearer"})
     header = request.headers.get("authorization", "")
     scheme, _, given = header.partition(" ")
     if (
-        configured is None
-        or not configured.get_secret_value()
-        or scheme.lower() != "bearer"
+        scheme.lower() != "bearer"
         or not hmac.compare_digest(given.strip().encode(), configured.get_secret_value().encode())
     ):
         raise HTTPException(401, "admin token required", headers={"WWW-Authenticate": "Bearer"})
