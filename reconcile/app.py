@@ -24,6 +24,7 @@ from reconcile.api import (
 )
 from reconcile.api.deps import require_admin
 from reconcile.api.input_checks import storable_input, validation_error
+from reconcile.api.responses import document_admin_refusals
 from reconcile.errors import DomainError
 from reconcile.services import Services
 from webhooks.routes import OPENAPI_PATHS, WebhookLane
@@ -63,6 +64,7 @@ def create_app(services: Services, *, run_worker: bool = True) -> FastAPI:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
             schema["paths"] = {**OPENAPI_PATHS, **schema["paths"]}
+            document_admin_refusals(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -7,13 +7,14 @@ from typing import Any
 from fastapi import APIRouter
 
 from reconcile.api.deps import NowDep, SessionDep
+from reconcile.api.responses import answers
 from reconcile.errors import UnknownAccount
 from reconcile.views import account_document
 
 router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
 
 
-@router.get("/{account_id}")
+@router.get("/{account_id}", responses=answers(404))
 def account(account_id: str, session: SessionDep, now: NowDep) -> dict[str, Any]:
     document = account_document(session, account_id, now)
     if document is None:

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from reconcile.services import Services
@@ -40,16 +41,18 @@ def get_now(services: ServicesDep) -> datetime:
 NowDep = Annotated[datetime, Depends(get_now)]
 
 
-def require_admin(request: Request, services: ServicesDep) -> None:
+# Named in the OpenAPI document, so that Swagger UI (/docs) can send the token.
+bearer = HTTPBearer(auto_error=False, scheme_name="admin token",
+                    description="RECONCILE_ADMIN_TOKEN, sent as `Authorization: Bearer <token>`")
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+def require_admin(services: ServicesDep, credentials: BearerDep) -> None:
     """Bearer token in constant time; with no token configured every request is refused."""
     configured = services.settings.admin_token
     if configured is None or not configured.get_secret_value():
         raise HTTPException(401, "admin API disabled: RECONCILE_ADMIN_TOKEN is not set",
                             headers={"WWW-Authenticate": "Bearer"})
-    header = request.headers.get("authorization", "")
-    scheme, _, given = header.partition(" ")
-    if (
-        scheme.lower() != "bearer"
-        or not hmac.compare_digest(given.strip().encode(), configured.get_secret_value().encode())
-    ):
+    given = credentials.credentials.strip() if credentials is not None else ""
+    if not hmac.compare_digest(given.encode(), configured.get_secret_value().encode()):
         raise HTTPException(401, "admin token required", headers={"WWW-Authenticate": "Bearer"})
