@@ -10,6 +10,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 
 from reconcile.api import (
     account_actions,
@@ -23,7 +24,7 @@ from reconcile.api import (
     subscriptions,
 )
 from reconcile.api.deps import require_admin
-from reconcile.api.input_checks import storable_input, validation_error
+from reconcile.api.input_checks import storable_input, unstorable, validation_error
 from reconcile.api.responses import document_admin_refusals
 from reconcile.errors import DomainError
 from reconcile.services import Services
@@ -71,6 +72,7 @@ def create_app(services: Services, *, run_worker: bool = True) -> FastAPI:
     app.openapi = openapi  # type: ignore[method-assign]
 
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(DataError, unstorable)
 
     @app.exception_handler(DomainError)
     async def domain_error(_request: Request, error: DomainError) -> JSONResponse:

@@ -52,7 +52,8 @@ class AppleUnusable(AppleRejected):
         super().__init__("UNUSABLE_PAYLOAD")
         self.reason = reason
         uuid = claims.get("notificationUUID")
-        self.notification_uuid = uuid if isinstance(uuid, str) and 0 < len(uuid) <= 128 else None
+        usable = isinstance(uuid, str) and 0 < len(uuid) <= MAX_NOTIFICATION_UUID
+        self.notification_uuid = uuid if usable else None
         self.environment = environment
 
 
@@ -161,6 +162,9 @@ class AppleVerifier:
                 self._raise_unusable(claims, environment or _environment_of(candidate), error)
             if payload.notificationUUID is None:
                 raise AppleRejected("MISSING_NOTIFICATION_UUID")
+            fault = _mistyped(claims)
+            if fault is not None:
+                raise AppleUnusable(fault, claims, environment or _environment_of(candidate))
             return VerifiedNotification(
                 signed_payload, payload, environment or _environment_of(candidate)
             )
@@ -220,6 +224,32 @@ def _claimed_environment(claims: dict[str, Any]) -> str | None:
         if isinstance(body, dict) and isinstance(body.get("environment"), str):
             value = body["environment"].lower()
             return value if value in ENVIRONMENTS else "unknown"
+    return None
+
+
+# The claims the inbox row and the worker read, with the JSON type Apple sends each as. The
+# library's model converts rather than checks (a list becomes the text "[]"), so they are
+# checked here, before anything is recorded.
+_CLAIM_TYPES: dict[tuple[str, ...], type] = {
+    ("notificationUUID",): str, ("notificationType",): str, ("subtype",): str,
+    ("signedDate",): int, ("version",): str, ("data",): dict, ("summary",): dict,
+    ("data", "status"): int, ("data", "environment"): str,
+    ("data", "signedTransactionInfo"): str, ("data", "signedRenewalInfo"): str,
+    ("data", "consumptionRequestReason"): str,
+}
+MAX_NOTIFICATION_UUID = 128
+
+
+def _mistyped(claims: dict[str, Any]) -> str | None:
+    """What is wrong with the types of a verified payload's claims, or None."""
+    for path, kind in _CLAIM_TYPES.items():
+        value: Any = claims
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            return f"{'.'.join(path)} is not a {'number' if kind is int else kind.__name__}"
+    if len(str(claims.get("notificationUUID", ""))) > MAX_NOTIFICATION_UUID:
+        return f"notificationUUID is longer than {MAX_NOTIFICATION_UUID} characters"
     return None
 
 

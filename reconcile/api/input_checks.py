@@ -10,6 +10,7 @@ from fastapi import HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 
 from webhooks.body import check_json, check_text
 
@@ -41,6 +42,14 @@ async def validation_error(_request: Request, error: Exception) -> JSONResponse:
     lone surrogates are replaced, where the stock handler fails to encode them (500)."""
     assert isinstance(error, RequestValidationError)
     return JSONResponse({"detail": jsonable_encoder(_printable(error.errors()))}, 422)
+
+
+async def unstorable(_request: Request, error: Exception) -> JSONResponse:
+    """A value the database refuses (too long for its column, out of range): the request's
+    fault, never a transient one; the transaction was rolled back, nothing changed."""
+    assert isinstance(error, DataError)
+    reason = str(error.orig).strip().splitlines()[0] if error.orig else "invalid value"
+    return JSONResponse({"detail": f"a value in the request cannot be stored: {reason}"}, 422)
 
 
 def _printable(value: Any) -> Any:
