@@ -7,8 +7,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 
 from reconcile.api import (
     account_actions,
@@ -22,6 +24,8 @@ from reconcile.api import (
     subscriptions,
 )
 from reconcile.api.deps import require_admin, require_app
+from reconcile.api.input_checks import storable_input, unstorable, validation_error
+from reconcile.api.responses import document_admin_refusals
 from reconcile.catalog import api as catalog_api
 from reconcile.errors import DomainError
 from reconcile.purchases import api as purchases_api
@@ -47,9 +51,9 @@ def create_app(services: Services, *, run_worker: bool = True) -> FastAPI:
     app.state.services = services
     # POST /webhooks/apple and /webhooks/google, answered before FastAPI's routing.
     app.add_middleware(WebhookLane)
-    admin = [Depends(require_admin)]
+    admin = [Depends(require_admin), Depends(storable_input)]
     # The endpoints marked "app" in the contract: the business's backend, or an admin.
-    app_token = [Depends(require_app)]
+    app_token = [Depends(require_app), Depends(storable_input)]
     app.include_router(health.router)
     app.include_router(subscriptions.router, dependencies=admin)
     app.include_router(accounts.router, dependencies=app_token)
@@ -68,10 +72,14 @@ def create_app(services: Services, *, run_worker: bool = True) -> FastAPI:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
             schema["paths"] = {**OPENAPI_PATHS, **schema["paths"]}
+            document_admin_refusals(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(DataError, unstorable)
 
     @app.exception_handler(DomainError)
     async def domain_error(_request: Request, error: DomainError) -> JSONResponse:

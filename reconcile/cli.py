@@ -6,6 +6,9 @@ import gc
 import logging
 import signal
 import threading
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from types import FrameType
 from typing import Annotated
@@ -16,9 +19,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from reconcile import startup
 from reconcile.app import create_app
 from reconcile.catalog.file import CatalogError
 from reconcile.config import Settings
+from reconcile.config_check import ConfigError, load_settings, unknown_variables
 from reconcile.db import migrate, transaction
 from reconcile.errors import StoreNotConfigured
 from reconcile.models import Discrepancy, ReconciliationRun
@@ -29,20 +34,67 @@ from reconcile.worker import Worker
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Store-receipt reconciliation service.")
+startup_log = logging.getLogger("reconcile.startup")
+
+
+class _Options:
+    debug = False
+
+
+@cli.callback()
+def _options(
+    debug: Annotated[bool, typer.Option(
+        "--debug", help="Print the full traceback of a start-up error.")] = False,
+) -> None:
+    """Store-receipt reconciliation service."""
+    _Options.debug = debug
 
 
 def _start(level: int = logging.INFO) -> Services:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    settings = Settings()
-    migrate(settings.database_url)
-    try:
+    with _startup_errors():
+        settings = _settings()
+        migrate(settings.database_url)
         services = build_services(settings)
-    except CatalogError as error:
-        # A broken catalog would grant nothing (or the wrong things): refuse to start.
-        typer.echo(f"RECONCILE_CATALOG_FILE: {error}", err=True)
-        raise typer.Exit(2) from error
+    startup_log.info("starting: %s", startup.summary(settings))
+    for warning in startup.warnings(settings):
+        startup_log.warning("%s", warning)
     _settle_memory()
     return services
+
+
+def _settings() -> Settings:
+    """The settings, after warning about unknown variables and checking the database URL."""
+    for warning in unknown_variables():
+        startup_log.warning("%s", warning)
+    settings = load_settings()
+    startup.check_database(settings.database_url)
+    return settings
+
+
+@contextmanager
+def _startup_errors() -> Iterator[None]:
+    """A configuration error ends the command with status 2 and its lines, anything else that
+    stops start-up with one line; the traceback only with --debug."""
+    try:
+        yield
+    except ConfigError as error:
+        if _Options.debug:
+            traceback.print_exception(error)
+        for line in error.lines:
+            typer.echo(f"configuration error: {line}", err=True)
+        raise typer.Exit(2) from error
+    except CatalogError as error:
+        # A broken catalog would grant nothing (or the wrong things): refuse to start.
+        typer.echo(f"configuration error: RECONCILE_CATALOG_FILE: {error}", err=True)
+        raise typer.Exit(2) from error
+    except Exception as error:
+        if _Options.debug:
+            raise
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        typer.echo(f"start-up failed: {type(error).__name__}: {reason} (--debug shows the "
+                   "traceback)", err=True)
+        raise typer.Exit(1) from error
 
 
 def _settle_memory() -> None:
@@ -58,11 +110,16 @@ def _settle_memory() -> None:
 @cli.command(name="migrate")
 def migrate_command() -> None:
     """Bring the database schema up to date (serve and worker also do this when they start)."""
-    migrate(Settings().database_url)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    with _startup_errors():
+        migrate(_settings().database_url)
 
 
 @cli.command()
-def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(
+    host: str = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port, 1-65535.")] = 8000,
+) -> None:
     """HTTP API (webhooks + admin) with the background worker in the same process."""
     services = _start()
     uvicorn.run(create_app(services), host=host, port=port, log_level="info",

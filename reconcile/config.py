@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from cryptography import x509
+from pydantic import Field, FilePath, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 APPLE_ROOT_CA_G3 = Path(__file__).parent / "certs" / "AppleRootCA-G3.der"
@@ -35,15 +36,15 @@ class Settings(BaseSettings):
     apple_bundle_id: str | None = None
     apple_app_apple_id: int | None = None
     apple_environments: Annotated[list[str], NoDecode] = ["production", "sandbox"]
-    apple_root_certs: Annotated[list[Path], NoDecode] = [APPLE_ROOT_CA_G3]
+    apple_root_certs: Annotated[list[FilePath], NoDecode] = [APPLE_ROOT_CA_G3]
     apple_online_checks: bool = True
     apple_key_id: str | None = None
     apple_issuer_id: str | None = None
-    apple_private_key_path: Path | None = None
+    apple_private_key_path: FilePath | None = None
     apple_api_base_url: str | None = None
 
     google_package_name: str | None = None
-    google_service_account_file: Path | None = None
+    google_service_account_file: FilePath | None = None
     google_api_endpoint: str | None = None
     google_push_audience: str | None = None
     google_push_service_account: str | None = None
@@ -91,5 +92,20 @@ class Settings(BaseSettings):
         lowered = [v.lower() for v in value]
         unknown = set(lowered) - {"production", "sandbox"}
         if unknown:
-            raise ValueError(f"unknown Apple environment(s): {sorted(unknown)}")
+            raise ValueError(f"unknown Apple environment(s) {', '.join(sorted(unknown))}: "
+                             "expected a comma list of production, sandbox")
         return lowered
+
+    @field_validator("apple_root_certs")
+    @classmethod
+    def _certificates(cls, value: list[Path]) -> list[Path]:
+        for path in value:
+            raw = path.read_bytes()
+            try:
+                if b"-----BEGIN" in raw:
+                    x509.load_pem_x509_certificate(raw)
+                else:
+                    x509.load_der_x509_certificate(raw)
+            except ValueError as error:
+                raise ValueError(f"{path} is not a DER or PEM certificate") from error
+        return value

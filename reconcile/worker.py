@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, defer, sessionmaker
 
 from reconcile.db import is_conflict, transaction
@@ -212,6 +213,13 @@ class InboxJob:
                     # first; running again in a new transaction builds on what it committed.
                     log.info("inbox entry %s raced another writer; applying it again", entry.id)
                     continue
+                if isinstance(error, DataError):
+                    # A value the database refuses (too long for its column...): it always will.
+                    log.warning("inbox entry %s cannot be stored: %s", entry.id,
+                                str(error.orig).splitlines()[0] if error.orig else error)
+                    refused = PermanentError(f"cannot be stored: {error.orig}")
+                    self._record_failure(entry.id, refused, now)
+                    return
                 log.exception("applying inbox entry %s failed", entry.id)
                 self._record_failure(entry.id, error, now)
                 return

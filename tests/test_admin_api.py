@@ -147,3 +147,45 @@ def test_processing_lag_metric(app: RunningApp, apple_ca: AppleTestCA, clock: Fa
     clock.advance(seconds=90)
     text = httpx.get(app.url + "/metrics").text
     assert 'reconcile_processing_lag_seconds{channel="apple"} 90.0' in text
+
+
+def test_openapi_documents_the_bearer_scheme_and_refusals(app: RunningApp) -> None:
+    """Swagger UI can authorize (a bearer scheme on every admin route) and the document lists
+    the refusals each route answers, beside the hand-written webhook paths."""
+    document = app.client.get("/openapi.json").json()
+    schemes = document["components"]["securitySchemes"]
+    assert schemes == {"admin token": {
+        "type": "http", "scheme": "bearer",
+        "description": "RECONCILE_ADMIN_TOKEN (or, for the endpoints marked app, "
+                       "RECONCILE_APP_TOKEN), sent as `Authorization: Bearer <token>`"}}
+    paths = document["paths"]
+    assert {"/webhooks/apple", "/webhooks/google"} <= set(paths)
+    admin = {(path, method): operation for path, operations in paths.items()
+             if path.startswith("/v1/") for method, operation in operations.items()}
+    assert admin
+    for (path, method), operation in admin.items():
+        assert operation["security"] == [{"admin token": []}], (path, method)
+        assert {"401", "503"} <= set(operation["responses"]), (path, method)
+    assert "404" in admin[("/v1/subscriptions/{subscription_id}", "get")]["responses"]
+    assert {"404", "409"} <= set(admin[("/v1/subscriptions/{subscription_id}/cancel", "post")]
+                                 ["responses"])
+    assert "409" in admin[("/v1/portal/subscriptions", "post")]["responses"]
+    parameters = {p["name"]: p["schema"] for p in
+                  admin[("/v1/subscriptions", "get")]["parameters"]}
+    status = parameters["status"]["anyOf"][0]
+    status = document["components"]["schemas"][status["$ref"].rsplit("/", 1)[1]] \
+        if "$ref" in status else status
+    assert status["enum"] == ["pending", "active", "grace_period", "billing_retry", "paused",
+                              "expired", "revoked"]
+
+
+@pytest.mark.parametrize("query", [
+    "/v1/subscriptions?status=bogus", "/v1/subscriptions?channel=amazon",
+    "/v1/subscriptions?environment=prod", "/v1/refunds?channel=amazon",
+    "/v1/refund-requests?state=bogus", "/v1/acknowledgements?state=bogus",
+    "/v1/reconciliations?status=bogus",
+])
+def test_unknown_filter_words_are_422(app: RunningApp, query: str) -> None:
+    """A filter value outside its closed set is refused (422), not answered with nothing."""
+    response = app.client.get(query)
+    assert response.status_code == 422, response.text

@@ -223,11 +223,16 @@ def test_environment_not_accepted_is_401(
 def test_production_without_app_id_is_refused(
     make_settings: Callable[..., Settings], clock: FakeClock, apple_ca: AppleTestCA
 ) -> None:
-    """Without RECONCILE_APPLE_APP_APPLE_ID production notifications cannot be verified: 401."""
+    """Without RECONCILE_APPLE_APP_APPLE_ID production notifications cannot be verified: 401,
+    with a reason that names the missing app id (not a wrong environment)."""
     services = build_services(make_settings(apple_app_apple_id=None), clock=clock)
     with serve_in_thread(services, ADMIN_TOKEN) as app:
         body = sign_notification(apple_ca, renewal(environment="Production"))
-        assert app.client.post("/webhooks/apple", json={"signedPayload": body}).status_code == 401
+        response = app.client.post("/webhooks/apple", json={"signedPayload": body})
+        assert response.status_code == 401
+        assert response.json() == {"detail": "notification rejected: MISSING_APP_APPLE_ID "
+                                   "(production notifications need RECONCILE_APPLE_APP_APPLE_ID,"
+                                   " which is not set)"}
     services.close()
 
 

@@ -17,7 +17,7 @@ from reconcile.models import InboxEntry
 from reconcile.services import build_services
 from tests.support.apple_ca import AppleTestCA
 from tests.support.apple_payloads import sign_notification
-from tests.support.process import service_env, start_service
+from tests.support.process import service_env, start_service, stop_service
 from tests.support.server import FakeClock
 
 pytestmark = pytest.mark.slow
@@ -61,9 +61,7 @@ def test_killed_right_after_200_loses_nothing(
             process.send_signal(signal.SIGKILL)
     finally:
         process.kill()
-        process.wait(10)
-        if process.stderr is not None:
-            process.stderr.close()
+        stop_service(process)  # reaps it and removes its log
     assert accepted == 30
 
     engine = make_engine(database_url)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from appstoreserverlibrary.models.Environment import Environment
 from appstoreserverlibrary.models.JWSRenewalInfoDecodedPayload import (
@@ -28,10 +27,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from webhooks.apple_jws import FastSignedDataVerifier, unverified_claims
+from webhooks.body import parse_json
 from webhooks.chain_cache import CachingChainVerifier
 from webhooks.intake import Incoming
 
 ENVIRONMENTS = {"production": Environment.PRODUCTION, "sandbox": Environment.SANDBOX}
+# Why production notifications are refused while RECONCILE_APPLE_APP_APPLE_ID is unset.
+MISSING_APP_APPLE_ID = "MISSING_APP_APPLE_ID"
 
 
 class AppleRejected(Exception):
@@ -40,6 +42,19 @@ class AppleRejected(Exception):
     def __init__(self, status: str) -> None:
         super().__init__(f"Apple notification rejected: {status}")
         self.status = status
+
+
+class AppleUnusable(AppleRejected):
+    """Signed by Apple, but its fields do not decode (wrong types, text no database stores):
+    it can never be processed. With a usable notificationUUID it is kept as rejected."""
+
+    def __init__(self, reason: str, claims: dict[str, Any], environment: str | None) -> None:
+        super().__init__("UNUSABLE_PAYLOAD")
+        self.reason = reason
+        uuid = claims.get("notificationUUID")
+        usable = isinstance(uuid, str) and 0 < len(uuid) <= MAX_NOTIFICATION_UUID
+        self.notification_uuid = uuid if usable else None
+        self.environment = environment
 
 
 class AppleUnavailable(Exception):
@@ -104,11 +119,15 @@ class AppleVerifier:
         online_checks: bool,
     ) -> None:
         self._verifiers: dict[str, SignedDataVerifier] = {}
+        self._bundle_id = bundle_id
+        # Accepted environments that cannot be verified, with the status they are refused with.
+        self._refused: dict[str, str] = {}
         # One cache for every environment: the chain is the same, the roots are the same.
         self.chain_cache = CachingChainVerifier(_ChainVerifier(root_certificates))
         for name in environments:
             # Production needs the app id; without it production payloads are refused.
             if name == "production" and app_apple_id is None:
+                self._refused[name] = MISSING_APP_APPLE_ID
                 continue
             self._verifiers[name] = FastSignedDataVerifier(
                 root_certificates, online_checks, ENVIRONMENTS[name], bundle_id, app_apple_id,
@@ -122,10 +141,14 @@ class AppleVerifier:
 
     def verify(self, signed_payload: str) -> VerifiedNotification:
         """Verify signature, chain, bundle id, app id and environment of a signedPayload."""
-        environment = _claimed_environment(signed_payload)
+        try:
+            claims = unverified_claims(signed_payload)
+        except ValueError as error:
+            raise AppleRejected("MALFORMED_JWS") from error
+        environment = _claimed_environment(claims)
         verifier = self._verifiers.get(environment) if environment else None
         candidates = [verifier] if verifier else [] if environment else self._verifiers.values()
-        status = "INVALID_ENVIRONMENT"
+        status = self._refused.get(environment or "", "INVALID_ENVIRONMENT")
         for candidate in candidates:
             try:
                 payload = candidate.verify_and_decode_notification(signed_payload)
@@ -133,8 +156,15 @@ class AppleVerifier:
                 _raise_if_transient(error)
                 status = error.status.name
                 continue
+            except Exception as error:
+                # The signature held (every fault before it is a VerificationException): the
+                # payload is Apple's, but its fields do not decode into the library's model.
+                self._raise_unusable(claims, environment or _environment_of(candidate), error)
             if payload.notificationUUID is None:
                 raise AppleRejected("MISSING_NOTIFICATION_UUID")
+            fault = _mistyped(claims)
+            if fault is not None:
+                raise AppleUnusable(fault, claims, environment or _environment_of(candidate))
             return VerifiedNotification(
                 signed_payload, payload, environment or _environment_of(candidate)
             )
@@ -152,6 +182,18 @@ class AppleVerifier:
             raise AppleRejected("INVALID_ENVIRONMENT")
         return environment, self.transaction(environment, signed)
 
+    def _raise_unusable(
+        self, claims: dict[str, Any], environment: str, error: Exception
+    ) -> NoReturn:
+        """AppleUnusable for a signed payload that does not decode, unless it names another
+        app (then it is refused like any payload for another app)."""
+        for section in ("data", "summary", "appData"):
+            body = claims.get(section)
+            bundle = body.get("bundleId") if isinstance(body, dict) else None
+            if isinstance(bundle, str) and bundle != self._bundle_id:
+                raise AppleRejected("INVALID_APP_IDENTIFIER") from error
+        raise AppleUnusable(_reason(error), claims, environment) from error
+
     def transaction(self, environment: str, signed: str) -> JWSTransactionDecodedPayload:
         decoded: JWSTransactionDecodedPayload = self._call(
             environment, "verify_and_decode_signed_transaction", signed
@@ -167,12 +209,14 @@ class AppleVerifier:
     def _call(self, environment: str, method: str, signed: str) -> Any:
         verifier = self._verifiers.get(environment)
         if verifier is None:
-            raise AppleRejected("INVALID_ENVIRONMENT")
+            raise AppleRejected(self._refused.get(environment, "INVALID_ENVIRONMENT"))
         try:
             return getattr(verifier, method)(signed)
         except VerificationException as error:
             _raise_if_transient(error)
             raise AppleRejected(error.status.name) from error
+        except Exception as error:  # signed, but its fields do not decode: never usable
+            raise AppleUnusable(_reason(error), {}, environment) from error
 
 
 def _raise_if_transient(error: VerificationException) -> None:
@@ -185,12 +229,8 @@ def _environment_of(verifier: SignedDataVerifier) -> str:
     return "production" if env == Environment.PRODUCTION else "sandbox"
 
 
-def _claimed_environment(signed_payload: str) -> str | None:
+def _claimed_environment(claims: dict[str, Any]) -> str | None:
     """The environment the payload claims, to pick a verifier; the verifier then enforces it."""
-    try:
-        claims = unverified_claims(signed_payload)
-    except ValueError as error:
-        raise AppleRejected("MALFORMED_JWS") from error
     for section in ("data", "summary", "appData"):
         body = claims.get(section)
         if isinstance(body, dict) and isinstance(body.get("environment"), str):
@@ -199,12 +239,48 @@ def _claimed_environment(signed_payload: str) -> str | None:
     return None
 
 
+# The claims the inbox row and the worker read, with the JSON type Apple sends each as. The
+# library's model converts rather than checks (a list becomes the text "[]"), so they are
+# checked here, before anything is recorded.
+_CLAIM_TYPES: dict[tuple[str, ...], type] = {
+    ("notificationUUID",): str, ("notificationType",): str, ("subtype",): str,
+    ("signedDate",): int, ("version",): str, ("data",): dict, ("summary",): dict,
+    ("data", "status"): int, ("data", "environment"): str,
+    ("data", "signedTransactionInfo"): str, ("data", "signedRenewalInfo"): str,
+    ("data", "consumptionRequestReason"): str,
+}
+MAX_NOTIFICATION_UUID = 128
+
+
+def _mistyped(claims: dict[str, Any]) -> str | None:
+    """What is wrong with the types of a verified payload's claims, or None."""
+    for path, kind in _CLAIM_TYPES.items():
+        value: Any = claims
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            return f"{'.'.join(path)} is not a {'number' if kind is int else kind.__name__}"
+    if len(str(claims.get("notificationUUID", ""))) > MAX_NOTIFICATION_UUID:
+        return f"notificationUUID is longer than {MAX_NOTIFICATION_UUID} characters"
+    return None
+
+
+def _reason(error: Exception) -> str:
+    """What is wrong with a signed payload's fields, in one line (cattrs nests its causes)."""
+    while isinstance(error, ExceptionGroup) and error.exceptions:
+        nested = error.exceptions[0]
+        if not isinstance(nested, Exception):
+            break
+        error = nested
+    return f"fields do not decode: {str(error)[:200]}"
+
+
 def parse_body(raw: bytes) -> str:
     """The signedPayload of a request body, or ValueError saying what is wrong with it."""
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError("body is not JSON") from error
+        body = parse_json(raw)
+    except ValueError as error:
+        raise ValueError(f"body is not usable JSON: {error}") from error
     if not isinstance(body, dict) or not isinstance(body.get("signedPayload"), str):
         raise ValueError('body must be {"signedPayload": "<JWS>"}')
     signed: str = body["signedPayload"]

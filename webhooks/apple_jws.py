@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from webhooks.body import check_json
 from webhooks.chain_cache import CachingChainVerifier
 
 _ES256 = ec.ECDSA(hashes.SHA256())
@@ -55,7 +56,7 @@ def unverified_claims(signed: str) -> dict[str, Any]:
         raise ValueError("not a compact JWS")
     try:
         claims = json.loads(_b64url(parts[1]))
-    except (ValueError, UnicodeDecodeError) as error:
+    except (ValueError, RecursionError) as error:
         raise ValueError("JWS payload is not JSON") from error
     if not isinstance(claims, dict):
         raise ValueError("JWS payload is not an object")
@@ -101,11 +102,13 @@ class FastSignedDataVerifier(SignedDataVerifier):
                                        int.from_bytes(signature[32:], "big"))
             key.verify(der, f"{header_b64}.{payload_b64}".encode(), _ES256)
             _check_claims(payload)
-            return payload
         except VerificationException:
             raise
         except Exception as error:
             raise VerificationException(VerificationStatus.VERIFICATION_FAILURE) from error
+        # Authentic, so not a VerificationException: the payload is Apple's but unusable here.
+        check_json(payload)
+        return payload
 
 
 @lru_cache(maxsize=16)

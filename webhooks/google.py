@@ -12,6 +12,7 @@ from typing import Any
 
 from google.auth import jwt
 
+from webhooks.body import check_json, parse_json
 from webhooks.google_certs import CertificateCache, CertificatesUnavailable
 from webhooks.intake import Incoming
 
@@ -154,9 +155,9 @@ class DeveloperNotification:
 def decode_envelope(body: bytes | str) -> PushMessage:
     """The push envelope's message; MalformedEnvelope when there is no usable message id."""
     try:
-        envelope = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise MalformedEnvelope("body is not JSON") from error
+        envelope = parse_json(body)
+    except ValueError as error:
+        raise MalformedEnvelope(f"body is not usable JSON: {error}") from error
     message = envelope.get("message") if isinstance(envelope, dict) else None
     if not isinstance(message, dict):
         raise MalformedEnvelope("no message object")
@@ -179,9 +180,14 @@ def decode_notification(message: PushMessage, package_name: str) -> DeveloperNot
     if not message.data:
         raise UnusableNotification("message has no data")
     try:
-        raw = json.loads(base64.b64decode(message.data, validate=True))
-    except (binascii.Error, ValueError, UnicodeDecodeError) as error:
+        decoded = base64.b64decode(message.data, validate=True)
+        raw = json.loads(decoded)
+    except (binascii.Error, ValueError, RecursionError) as error:
         raise UnusableNotification("data is not base64-encoded JSON") from error
+    try:
+        check_json(raw)
+    except ValueError as error:
+        raise UnusableNotification(f"data is unusable: {error}") from error
     if not isinstance(raw, dict):
         raise UnusableNotification("data is not a JSON object")
     if raw.get("packageName") != package_name:

@@ -22,9 +22,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from reconcile.services import Services
-from webhooks.apple import AppleRejected, AppleUnavailable, VerifiedNotification, parse_body
+from webhooks.apple import (
+    MISSING_APP_APPLE_ID,
+    AppleRejected,
+    AppleUnavailable,
+    AppleUnusable,
+    VerifiedNotification,
+    parse_body,
+)
 from webhooks.body import read_limited
 from webhooks.google import GoogleRejected, GoogleUnavailable, MalformedEnvelope, incoming
+from webhooks.intake import Incoming
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +47,32 @@ async def apple(request: Request, services: Services) -> Response:
         signed_payload = parse_body(await read_limited(request))
     except ValueError as error:
         raise HTTPException(400, str(error)) from error
-    notification = _verified_apple(services, signed_payload)
     try:
-        new = await asyncio.wrap_future(
-            services.intake.submit(notification.incoming(), services.clock()))
+        entry = _verified_apple(services, signed_payload).incoming()
+    except AppleUnusable as error:
+        entry = _unusable_apple(services, signed_payload, error)
+    try:
+        new = await asyncio.wrap_future(services.intake.submit(entry, services.clock()))
     except Exception as error:
         log.error("could not record Apple notification: %s", type(error).__name__)
         raise HTTPException(503, "storage unavailable") from error
     if new:
-        services.metrics.received.labels("apple", notification.kind.split("/")[0]).inc()
+        services.metrics.received.labels("apple", entry.kind.split("/")[0]).inc()
+        if entry.status == "rejected":
+            log.warning("kept unusable Apple notification %s: %s", entry.notification_id,
+                        entry.error)
     return Response(_RECORDED[new], media_type="application/json")
+
+
+def _unusable_apple(services: Services, signed_payload: str, error: AppleUnusable) -> Incoming:
+    """Apple's, but never usable: kept as rejected (so Apple stops retrying) when it names
+    itself; without a notificationUUID there is nothing to key it by (400)."""
+    services.metrics.rejected.labels("apple", error.status).inc()
+    if error.notification_uuid is None:
+        raise HTTPException(400, f"notification unusable: {error.reason}") from error
+    return Incoming(channel="apple", notification_id=error.notification_uuid, kind="UNUSABLE",
+                    payload=signed_payload, environment=error.environment, status="rejected",
+                    error=error.reason)
 
 
 def _verified_apple(services: Services, signed_payload: str) -> VerifiedNotification:
@@ -57,10 +81,14 @@ def _verified_apple(services: Services, signed_payload: str) -> VerifiedNotifica
         raise HTTPException(404, "Apple notifications are not configured")
     try:
         return services.apple.verify(signed_payload)
+    except AppleUnusable:
+        raise
     except AppleRejected as error:
         services.metrics.rejected.labels("apple", error.status).inc()
         log.warning("rejected Apple notification: %s", error.status)
-        raise HTTPException(401, f"notification rejected: {error.status}") from error
+        hint = _HINTS.get(error.status)
+        detail = f"notification rejected: {error.status}" + (f" ({hint})" if hint else "")
+        raise HTTPException(401, detail) from error
     except AppleUnavailable as error:
         raise HTTPException(503, "verification temporarily unavailable") from error
 
@@ -106,6 +134,9 @@ def _authenticated_google(request: Request, services: Services) -> str:
         raise HTTPException(503, "verification temporarily unavailable") from error
     return package
 
+
+_HINTS = {MISSING_APP_APPLE_ID: "production notifications need RECONCILE_APPLE_APP_APPLE_ID, "
+                                "which is not set"}
 
 Handler = Callable[[Request, Services], Awaitable[Response]]
 HANDLERS: dict[str, Handler] = {"/webhooks/apple": apple, "/webhooks/google": google}

@@ -14,11 +14,12 @@ from sqlalchemy.orm import Session
 
 from reconcile import accounts
 from reconcile.api.deps import NowDep, ServicesDep, SessionDep
+from reconcile.api.responses import answers
 from reconcile.api.schemas import BlockBody, CancelBody, ConsentBody, PortOutBody, UsageBody
 from reconcile.errors import UnknownAccount
 from reconcile.views import account_document
 
-router = APIRouter(prefix="/v1/accounts", tags=["policy"])
+router = APIRouter(prefix="/v1/accounts", tags=["policy"], responses=answers(404))
 
 
 def answer(session: Session, account_id: str, now: datetime) -> dict[str, Any]:

@@ -7,13 +7,14 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 
 from reconcile.api.deps import NowDep, ServicesDep, SessionDep
+from reconcile.api.responses import answers
 from reconcile.errors import UnknownAccount
 from reconcile.views import account_document
 
 router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
 
 
-@router.get("/{account_id}")
+@router.get("/{account_id}", responses=answers(404))
 def account(
     account_id: str,
     session: SessionDep,

@@ -11,13 +11,14 @@ from sqlalchemy import select
 from reconcile.acknowledgements import counts, stale_filter
 from reconcile.api.deps import NowDep, ServicesDep, SessionDep
 from reconcile.api.pages import keyset_page
+from reconcile.api.responses import answers
 from reconcile.models import Acknowledgement
 from reconcile.views import iso
 
 router = APIRouter(prefix="/v1/acknowledgements", tags=["acknowledgements"])
 
 
-@router.get("")
+@router.get("", responses=answers(400))
 def acknowledgements(
     session: SessionDep,
     services: ServicesDep,

@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from reconcile import cancellation
 from reconcile.api.deps import NowDep, ServicesDep, SessionDep
+from reconcile.api.responses import answers
 from reconcile.api.schemas import CancelBody, ChangePlanBody
 from reconcile.errors import UnknownSubscription
 from reconcile.models import OutboxEntry, Subscription
@@ -22,7 +23,7 @@ from reconcile.views import present, request_json
 router = APIRouter(prefix="/v1/subscriptions", tags=["policy"])
 
 
-@router.post("/{subscription_id}/cancel")
+@router.post("/{subscription_id}/cancel", responses=answers(404, 409))
 def cancel(
     subscription_id: str, body: CancelBody, session: SessionDep, services: ServicesDep,
     now: NowDep,
@@ -39,7 +40,7 @@ def cancel(
     return {**present(session, [row], now)[0], "request": request_json(entry)}
 
 
-@router.post("/{subscription_id}/change-plan")
+@router.post("/{subscription_id}/change-plan", responses=answers(404, 409))
 def change_plan(
     subscription_id: str, body: ChangePlanBody, session: SessionDep, services: ServicesDep,
     now: NowDep,
@@ -57,7 +58,7 @@ def change_plan(
             "request": None if entry is None else request_json(entry)}
 
 
-@router.get("/{subscription_id}/requests")
+@router.get("/{subscription_id}/requests", responses=answers(404))
 def requests(subscription_id: str, session: SessionDep) -> dict[str, Any]:
     """Every cancellation and plan change asked for this subscription, oldest first."""
     if session.get(Subscription, subscription_id) is None:

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 from sqlalchemy.orm import Session
 
@@ -42,43 +43,58 @@ def get_now(services: ServicesDep) -> datetime:
 NowDep = Annotated[datetime, Depends(get_now)]
 
 
-def _presented(request: Request) -> bytes | None:
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    return given.strip().encode() if scheme.lower() == "bearer" and given.strip() else None
+# Named in the OpenAPI document, so that Swagger UI (/docs) can send the token.
+bearer = HTTPBearer(auto_error=False, scheme_name="admin token",
+                    description="RECONCILE_ADMIN_TOKEN (or, for the endpoints marked app, "
+                                "RECONCILE_APP_TOKEN), sent as `Authorization: Bearer <token>`")
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
-def _matches(given: bytes | None, configured: SecretStr | None) -> bool:
+def _matches(given: bytes, configured: SecretStr | None) -> bool:
     """Constant time whatever the outcome: every configured token is compared."""
     if configured is None or not configured.get_secret_value():
         return False
-    return hmac.compare_digest(given or b"", configured.get_secret_value().encode())
+    return hmac.compare_digest(given, configured.get_secret_value().encode())
 
 
-def token_role(request: Request, settings: Settings) -> str | None:
+def token_role(credentials: HTTPAuthorizationCredentials | None, settings: Settings) -> str | None:
     """"admin", "app" or None for the request's bearer token. Both comparisons always run,
     so the answer time does not tell which token a guess came close to."""
-    given = _presented(request)
+    given = credentials.credentials.strip().encode() if credentials is not None else b""
     admin = _matches(given, settings.admin_token)
     app = _matches(given, settings.app_token)
-    if given is None:
+    if not given:
         return None
     return "admin" if admin else "app" if app else None
 
 
-def _unauthorized() -> HTTPException:
-    return HTTPException(401, "admin token required", headers={"WWW-Authenticate": "Bearer"})
+def _configured(token: SecretStr | None) -> bool:
+    return token is not None and bool(token.get_secret_value())
 
 
-async def require_admin(request: Request, services: ServicesDep) -> None:
+# async: no I/O here, and a sync dependency would cost each request a thread hop.
+async def require_admin(services: ServicesDep, credentials: BearerDep) -> None:
     """The admin token; the app token is known but not allowed here (403)."""
-    role = token_role(request, services.settings)
+    settings = services.settings
+    role = token_role(credentials, settings)
     if role == "app":
         raise HTTPException(403, "the app token may call only the app endpoints")
-    if role != "admin":
-        raise _unauthorized()
+    if role == "admin":
+        return
+    if not _configured(settings.admin_token):
+        raise HTTPException(401, "admin API disabled: RECONCILE_ADMIN_TOKEN is not set",
+                            headers={"WWW-Authenticate": "Bearer"})
+    raise HTTPException(401, "admin token required", headers={"WWW-Authenticate": "Bearer"})
 
 
-async def require_app(request: Request, services: ServicesDep) -> None:
+async def require_app(services: ServicesDep, credentials: BearerDep) -> None:
     """The endpoints the business's backend calls: the app token or the admin token."""
-    if token_role(request, services.settings) is None:
-        raise _unauthorized()
+    settings = services.settings
+    if token_role(credentials, settings) is not None:
+        return
+    if not (_configured(settings.admin_token) or _configured(settings.app_token)):
+        raise HTTPException(401, "API disabled: neither RECONCILE_APP_TOKEN nor "
+                                 "RECONCILE_ADMIN_TOKEN is set",
+                            headers={"WWW-Authenticate": "Bearer"})
+    raise HTTPException(401, "app or admin token required",
+                        headers={"WWW-Authenticate": "Bearer"})

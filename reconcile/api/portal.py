@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from reconcile.api.deps import NowDep, SessionDep
+from reconcile.api.responses import answers
 from reconcile.api.schemas import PortalCreateBody, PortalPatchBody
 from reconcile.cancellation import load_for_update
 from reconcile.chains import find_subscription
@@ -21,7 +22,7 @@ from reconcile.views import present
 router = APIRouter(prefix="/v1/portal/subscriptions", tags=["portal"])
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, responses=answers(409))
 def create(body: PortalCreateBody, session: SessionDep, now: NowDep) -> dict[str, Any]:
     """A new portal subscription; `status` follows from `expires_at` against now."""
     store_id = body.store_id or new_id("portal")
@@ -36,7 +37,7 @@ def create(body: PortalCreateBody, session: SessionDep, now: NowDep) -> dict[str
     return present(session, [_get(session, subscription_id)], now)[0]
 
 
-@router.patch("/{subscription_id}")
+@router.patch("/{subscription_id}", responses=answers(404, 409))
 def update(subscription_id: str, body: PortalPatchBody, session: SessionDep,
            now: NowDep) -> dict[str, Any]:
     """Change product, period end (a renewal moves it), auto-renew or account."""

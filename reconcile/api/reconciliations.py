@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict
 
 from reconcile.api.deps import NowDep, ServicesDep, SessionDep
+from reconcile.api.responses import answers
 from reconcile.errors import DomainError
 from reconcile.reconciliation.report import (
     discrepancies_of,
@@ -32,7 +33,7 @@ class StartRun(BaseModel):
     dry_run: bool = False
 
 
-@router.post("", status_code=202)
+@router.post("", status_code=202, responses=answers(409))
 def start(
     body: StartRun, services: ServicesDep, session: SessionDep, now: NowDep
 ) -> dict[str, Any]:
@@ -42,13 +43,13 @@ def start(
     return run_json(run, [])
 
 
-@router.get("/{run_id}")
+@router.get("/{run_id}", responses=answers(404))
 def show(run_id: str, session: SessionDep) -> dict[str, Any]:
     run = load_run(session, run_id)
     return run_json(run, discrepancies_of(session, run.id))
 
 
-@router.get("")
+@router.get("", responses=answers(400))
 def runs(
     session: SessionDep,
     status: Literal["running", "done", "failed"] | None = None,

@@ -11,16 +11,19 @@ from sqlalchemy import select
 
 from reconcile.api.deps import SessionDep
 from reconcile.api.pages import keyset_page
+from reconcile.api.responses import answers
+from reconcile.api.schemas import RequestState
 from reconcile.models import OutboxEntry, Refund
+from reconcile.state import Channel
 from reconcile.views import iso
 
 router = APIRouter(prefix="/v1/refunds", tags=["refunds"])
 
 
-@router.get("")
+@router.get("", responses=answers(400))
 def refunds(
     session: SessionDep,
-    channel: str | None = None,
+    channel: Channel | None = None,
     account_id: str | None = None,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
@@ -54,11 +57,11 @@ def refunds(
 requests_router = APIRouter(prefix="/v1/refund-requests", tags=["refunds"])
 
 
-@requests_router.get("")
+@requests_router.get("", responses=answers(400))
 def refund_requests(
     session: SessionDep,
     account_id: str | None = None,
-    state: str | None = None,
+    state: RequestState | None = None,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> dict[str, Any]:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from reconcile.cancellation import Reason
 
 Note = Field(default=None, max_length=2000)
+
+# Closed words of the query filters (the channels and statuses are reconcile.state's enums).
+Environment = Literal["production", "sandbox"]
+RequestState = Literal["pending", "sent", "skipped", "failed"]
 
 
 class Strict(BaseModel):

@@ -9,22 +9,25 @@ from sqlalchemy import select
 
 from reconcile.api.deps import NowDep, SessionDep
 from reconcile.api.pages import keyset_page
+from reconcile.api.responses import answers
+from reconcile.api.schemas import Environment
 from reconcile.errors import UnknownSubscription
 from reconcile.models import Subscription, SubscriptionEvent
+from reconcile.state import Channel, Status
 from reconcile.views import iso, present, subscriptions_query
 
 router = APIRouter(prefix="/v1/subscriptions", tags=["subscriptions"])
 
 
-@router.get("")
+@router.get("", responses=answers(400))
 def subscriptions(
     session: SessionDep,
     now: NowDep,
-    channel: str | None = None,
+    channel: Channel | None = None,
     store_id: str | None = None,
     account_id: str | None = None,
-    status: str | None = None,
-    environment: str | None = None,
+    status: Status | None = None,
+    environment: Environment | None = None,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> dict[str, Any]:
@@ -34,12 +37,12 @@ def subscriptions(
     return {"items": present(session, page, now), "next_cursor": next_cursor}
 
 
-@router.get("/{subscription_id}")
+@router.get("/{subscription_id}", responses=answers(404))
 def subscription(subscription_id: str, session: SessionDep, now: NowDep) -> dict[str, Any]:
     return present(session, [load(session, subscription_id)], now)[0]
 
 
-@router.get("/{subscription_id}/events")
+@router.get("/{subscription_id}/events", responses=answers(400, 404))
 def events(
     subscription_id: str,
     session: SessionDep,

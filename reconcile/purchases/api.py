@@ -92,7 +92,7 @@ async def submit_purchase(
     raw = await request.body()
     try:
         submission = _SHAPES.validate_python(json.loads(raw))
-    except (ValueError, ValidationError):  # also JSON and UTF-8 errors
+    except (ValueError, RecursionError, ValidationError):  # also JSON, UTF-8, nesting
         return JSONResponse({"detail": SHAPES_HELP}, status_code=400)
     try:
         document = await run_in_threadpool(_submit, services, submission)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import subprocess
 import sys
@@ -47,14 +48,18 @@ def start_service(
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"service exited: {log.read_text(errors='replace')[-4000:]}")
+            output = log.read_text(errors="replace")[-4000:]
+            stop_service(process)
+            raise RuntimeError(f"service exited: {output}")
         try:
             if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
                 return process, url
         except httpx.HTTPError:
             time.sleep(0.05)
+    output = log.read_text(errors="replace")[-4000:]
     process.kill()
-    raise RuntimeError(f"service did not become ready: {log.read_text(errors='replace')[-4000:]}")
+    stop_service(process)
+    raise RuntimeError(f"service did not become ready: {output}")
 
 
 def start_worker(env: dict[str, str], log: Path | None = None) -> subprocess.Popen[bytes]:
@@ -62,9 +67,22 @@ def start_worker(env: dict[str, str], log: Path | None = None) -> subprocess.Pop
     return _spawn(env, ["worker"], log)[0]
 
 
+# Logs made here for callers that gave none, by process id: deleted when the process is
+# stopped, and at exit for any process its caller killed or left running.
+_OWN_LOGS: dict[int, Path] = {}
+
+
+@atexit.register
+def _remove_own_logs() -> None:
+    for log in _OWN_LOGS.values():
+        log.unlink(missing_ok=True)
+    _OWN_LOGS.clear()
+
+
 def _spawn(
     env: dict[str, str], args: list[str], log: Path | None
 ) -> tuple[subprocess.Popen[bytes], Path]:
+    own = log is None
     if log is None:
         handle, name = tempfile.mkstemp(prefix=f"reconcile-{args[0]}-", suffix=".log")
         os.close(handle)
@@ -72,11 +90,13 @@ def _spawn(
     with log.open("wb") as output:
         process = subprocess.Popen([sys.executable, "-m", "reconcile", *args], env=env, cwd=ROOT,
                                    stdout=output, stderr=subprocess.STDOUT)
+    if own:
+        _OWN_LOGS[process.pid] = log
     return process, log
 
 
 def stop_service(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL if it will not go."""
+    """SIGTERM, then SIGKILL if it will not go; a log made for it by `_spawn` goes too."""
     if process.poll() is None:
         process.terminate()
         try:
@@ -84,3 +104,6 @@ def stop_service(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
+    own = _OWN_LOGS.pop(process.pid, None)
+    if own is not None:
+        own.unlink(missing_ok=True)
