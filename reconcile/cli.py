@@ -119,7 +119,7 @@ def run(
     with services.sessions() as session:
         finished = load_run(session, run_id)
         kinds = summary(session, run_id)
-        details = discrepancies_of(session, run_id)[:DETAIL_ROWS]
+        details = discrepancies_of(session, run_id, limit=DETAIL_ROWS)
     if not dry_run:
         # Recovered notifications wait in the inbox, purchases to acknowledge in their queue:
         # see to them now, as the worker would (other runs are left to the worker).

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Select, or_, select, update
 from sqlalchemy.orm import Session, defer, sessionmaker
 
 from reconcile.db import is_conflict, transaction
@@ -70,6 +70,25 @@ def backoff(attempts: int) -> timedelta:
     return timedelta(seconds=base * random.uniform(0.8, 1.2))
 
 
+def due_entries(now: datetime, limit: int) -> Select[tuple[int]]:
+    """The ids of inbox entries due now and not leased, oldest due first, locked for a claim.
+
+    It filters on `status = 'pending'` exactly as the partial index `ix_inbox_due` does, so the
+    index holds only the waiting work, however large the inbox grows.
+    """
+    return (
+        select(InboxEntry.id)
+        .where(
+            InboxEntry.status == "pending",
+            InboxEntry.next_attempt_at <= now,
+            or_(InboxEntry.lease_until.is_(None), InboxEntry.lease_until < now),
+        )
+        .order_by(InboxEntry.next_attempt_at, InboxEntry.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+
+
 def worker_id() -> str:
     return f"{socket.gethostname()[:32]}:{new_id('w')[-8:]}"
 
@@ -108,19 +127,7 @@ class InboxJob:
 
     def _claim(self, now: datetime) -> list[InboxEntry]:
         with transaction(self.sessions) as session:
-            ids = list(
-                session.scalars(
-                    select(InboxEntry.id)
-                    .where(
-                        InboxEntry.status == "pending",
-                        InboxEntry.next_attempt_at <= now,
-                        or_(InboxEntry.lease_until.is_(None), InboxEntry.lease_until < now),
-                    )
-                    .order_by(InboxEntry.next_attempt_at, InboxEntry.id)
-                    .limit(self.batch_size)
-                    .with_for_update(skip_locked=True)
-                )
-            )
+            ids = list(session.scalars(due_entries(now, self.batch_size)))
             if not ids:
                 return []
             session.execute(
