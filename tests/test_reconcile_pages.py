@@ -43,7 +43,9 @@ def test_discrepancies_list_pages_through_one_kind(app: RunningApp, clock: FakeC
     seen: list[str] = []
     cursor = None
     while True:
-        params = {"kind": "status", "limit": 30, **({"cursor": cursor} if cursor else {})}
+        params: dict[str, str | int] = {"kind": "status", "limit": 30}
+        if cursor:
+            params["cursor"] = cursor
         page = app.client.get(f"/v1/reconciliations/{run_id}/discrepancies", params=params)
         assert page.status_code == 200, page.text
         seen += [d["store_id"] for d in page.json()["items"]]
