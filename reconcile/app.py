@@ -9,6 +9,8 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from reconcile.api import (
     account_actions,
@@ -23,8 +25,12 @@ from reconcile.api import (
 )
 from reconcile.api.deps import require_admin
 from reconcile.errors import DomainError
+from reconcile.outage import is_unavailable
 from reconcile.services import Services
 from webhooks.routes import OPENAPI_PATHS, WebhookLane
+
+# What a 503 for an unreachable database tells clients to wait before trying again.
+RETRY_AFTER_SECONDS = 5
 
 
 def create_app(services: Services, *, run_worker: bool = True) -> FastAPI:
@@ -65,6 +71,17 @@ def create_app(services: Services, *, run_worker: bool = True) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+    @app.exception_handler(DBAPIError)
+    @app.exception_handler(PoolTimeout)
+    async def database_error(_request: Request, error: Exception) -> JSONResponse:
+        # Every route that reads or writes: the database being away is a 503 to retry, not a
+        # 500 with a traceback; anything else from the driver is still a bug (500).
+        if not is_unavailable(error):
+            raise error
+        services.database.failed(error)
+        return JSONResponse({"detail": "database unavailable"}, status_code=503,
+                            headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
     @app.exception_handler(DomainError)
     async def domain_error(_request: Request, error: DomainError) -> JSONResponse:

@@ -1,5 +1,7 @@
 """Prometheus metrics. Queue depths and totals are read from the database at scrape time, so
-every process behind a load balancer reports the same truth; edge counters are per process."""
+every process behind a load balancer reports the same truth; edge counters are per process.
+While the database cannot be reached, a scrape still answers: the process's own metrics and
+`reconcile_database_up 0`, without the gauges read from the database."""
 
 from __future__ import annotations
 
@@ -7,7 +9,14 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
@@ -21,6 +30,7 @@ from reconcile.models import (
     ReconciliationRun,
     Refund,
 )
+from reconcile.outage import DatabaseWatch, is_unavailable
 
 
 class Metrics:
@@ -29,8 +39,12 @@ class Metrics:
         sessions: sessionmaker[Session],
         clock: Callable[[], datetime],
         unacknowledged_age_hours: float = 24.0,
+        database: DatabaseWatch | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
+        # process_* (CPU, memory, open files), python_gc_*, python_info: this process's own.
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            self.registry.register(collector)
         self.received = Counter(
             "reconcile_notifications_received", "Notifications accepted at the webhook.",
             ["channel", "type"], registry=self.registry,
@@ -39,7 +53,8 @@ class Metrics:
             "reconcile_notifications_rejected", "Notifications refused at the webhook.",
             ["channel", "reason"], registry=self.registry,
         )
-        self.registry.register(_DatabaseCollector(sessions, clock, unacknowledged_age_hours))
+        self.registry.register(_DatabaseCollector(sessions, clock, unacknowledged_age_hours,
+                                                  database or DatabaseWatch()))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -47,14 +62,33 @@ class Metrics:
 
 class _DatabaseCollector(Collector):
     def __init__(
-        self, sessions: sessionmaker[Session], clock: Callable[[], datetime], ack_hours: float
+        self, sessions: sessionmaker[Session], clock: Callable[[], datetime], ack_hours: float,
+        database: DatabaseWatch,
     ) -> None:
         self.sessions = sessions
         self.clock = clock
         self.ack_hours = ack_hours
+        self.database = database
 
     def collect(self) -> Iterator[Metric]:
-        now = self.clock()
+        up = GaugeMetricFamily("reconcile_database_up",
+                               "1 when this process's last look at the database answered, else 0.")
+        started = self.database.now()
+        try:
+            gauges = self._gauges(self.clock())
+        except Exception as error:
+            if not is_unavailable(error):
+                raise
+            self.database.failed(error)
+            up.add_metric([], 0)
+            yield up
+            return
+        self.database.succeeded(started)
+        up.add_metric([], 1)
+        yield up
+        yield from gauges
+
+    def _gauges(self, now: datetime) -> list[Metric]:
         by_status = GaugeMetricFamily(
             "reconcile_notifications", "Recorded notifications by channel, type and status "
             "(processed, failed, pending, rejected).", labels=["channel", "type", "status"],
@@ -133,8 +167,8 @@ class _DatabaseCollector(Collector):
             )
             unacked.add_metric([], stale or 0)
             reconciliation = list(_reconciliation(session, now))
-        yield from (by_status, lag, refunds, amounts, requests, cancellations, unacked,
-                    *reconciliation)
+        return [by_status, lag, refunds, amounts, requests, cancellations, unacked,
+                *reconciliation]
 
 
 def _reconciliation(session: Session, now: datetime) -> Iterator[Metric]:

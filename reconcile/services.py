@@ -24,6 +24,7 @@ from reconcile.config import Settings
 from reconcile.consumption import ConsumptionJob
 from reconcile.db import make_engine, make_sessionmaker
 from reconcile.metrics import Metrics
+from reconcile.outage import DatabaseWatch
 from reconcile.outbox import GoogleCancelJob
 from reconcile.ratelimit import RateLimiter
 from reconcile.reconciliation.job import ReconcileJob
@@ -55,13 +56,16 @@ class Services:
     intake: Intake = field(init=False)
     # Set when the intake records work, so that this process's worker starts on it at once.
     new_work: threading.Event = field(default_factory=threading.Event)
+    # Whether this process reaches its database; the one place an outage is logged.
+    database: DatabaseWatch = field(default_factory=DatabaseWatch)
 
     def __post_init__(self) -> None:
-        self.intake = Intake(self.sessions, on_recorded=self.new_work.set)
+        self.intake = Intake(self.sessions, on_recorded=self.new_work.set,
+                             database=self.database)
 
     def worker(self) -> Worker:
         return Worker(self.jobs, clock=self.clock, poll_seconds=self.settings.worker_poll_seconds,
-                      wake=self.new_work)
+                      wake=self.new_work, database=self.database)
 
     def close(self) -> None:
         self.reconciler.close()
@@ -83,7 +87,8 @@ def build_services(
     """Wire every part the settings enable; `sleep` is what store clients back off with."""
     engine = make_engine(settings.database_url)
     sessions = make_sessionmaker(engine)
-    metrics = Metrics(sessions, clock, settings.google_ack_watchdog_hours)
+    database = DatabaseWatch()
+    metrics = Metrics(sessions, clock, settings.google_ack_watchdog_hours, database=database)
     owner = worker_id()
     truth: dict[str, TruthSource] = {}
     reconciler = Reconciler(
@@ -95,7 +100,7 @@ def build_services(
         apple=build_apple_verifier(settings), reconciler=reconciler, truth=truth,
         apple_api=AppStoreApi.from_settings(settings, sleep=sleep),
         google_push=build_push_authenticator(settings), play=build_play_client(settings),
-        cancellers=default_cancellers(settings.google_package_name),
+        cancellers=default_cancellers(settings.google_package_name), database=database,
     )
     if services.apple is not None:
         services.processors["apple"] = AppleProcessor(services.apple)

@@ -24,6 +24,7 @@ from reconcile.ids import new_id
 from reconcile.ingest import ingest
 from reconcile.ingest_many import ingest_many
 from reconcile.models import InboxEntry
+from reconcile.outage import Backoff, DatabaseWatch, is_unavailable
 from reconcile.outcomes import FreshRead, Normalised
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,9 @@ class InboxJob:
                             if entry.id not in done:
                                 self._apply(session, rows.get(entry.id), entry, result, now)
                 return
-            except Exception:
+            except Exception as error:
+                if is_unavailable(error):
+                    raise  # the whole batch comes back when its lease runs out
                 log.warning("a batch of %d entries failed; applying them one by one", len(batch))
         for entry, result in batch:
             self._finish_one(entry, result, now)
@@ -214,6 +217,8 @@ class InboxJob:
                     self._apply(session, row, entry, result, now)
                 return
             except Exception as error:
+                if is_unavailable(error):
+                    raise  # not the entry's fault: it comes back when its lease runs out
                 if is_conflict(error) and retry < CONFLICT_RETRIES:
                     # Another worker wrote the same subscription (or account, purchase...)
                     # first; running again in a new transaction builds on what it committed.
@@ -301,10 +306,16 @@ class Worker:
         clock: Clock = utcnow,
         poll_seconds: float = 0.2,
         wake: threading.Event | None = None,
+        database: DatabaseWatch | None = None,
+        backoff: Backoff | None = None,
     ):
         self.jobs = list(jobs)
         self.clock = clock
         self.poll_seconds = poll_seconds
+        # While the database is away, rounds wait as long as this watch says (backoff).
+        self.database = database if database is not None else DatabaseWatch()
+        self.backoff = backoff if backoff is not None else Backoff()
+        self._outage_delay: float | None = None
         # Set by whoever records new work in this process (the intake): no need to wait for
         # the next poll. Work recorded by other processes is found by polling.
         self._wake = wake if wake is not None else threading.Event()
@@ -312,12 +323,22 @@ class Worker:
         self._thread: threading.Thread | None = None
 
     def run_once(self) -> int:
+        """One round of every job; a round that finds the database away ends there, and
+        `database` logs the outage once and says how long to wait before the next."""
         handled = 0
+        self._outage_delay = None
+        started = self.database.now()
         for job in self.jobs:
             try:
                 handled += job.run_once(self.clock())
-            except Exception:
+            except Exception as error:
+                if is_unavailable(error):
+                    self.database.failed(error)
+                    self._outage_delay = self.backoff.next()
+                    return handled
                 log.exception("job %s failed", job.name)
+        self.database.succeeded(started)
+        self.backoff.reset()
         return handled
 
     def drain(self, max_rounds: int = 1000) -> int:
@@ -325,13 +346,16 @@ class Worker:
         for _ in range(max_rounds):
             handled = self.run_once()
             total += handled
-            if handled == 0:
+            if handled == 0 or self._outage_delay is not None:
                 break
         return total
 
     def run_forever(self) -> None:
         while not self._stop.is_set():
-            if self.run_once() == 0:
+            handled = self.run_once()
+            if self._outage_delay is not None:
+                self._stop.wait(self._outage_delay)
+            elif handled == 0:
                 self._wake.wait(self.poll_seconds)
                 # Cleared before the next round looks for work, so no wake-up is lost.
                 self._wake.clear()

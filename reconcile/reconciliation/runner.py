@@ -24,6 +24,7 @@ from reconcile.db import transaction
 from reconcile.errors import StoreNotConfigured
 from reconcile.ids import new_id
 from reconcile.models import Discrepancy, ReconciliationRun, StoreId, Subscription
+from reconcile.outage import is_unavailable
 from reconcile.reconciliation.repair import settle
 from reconcile.reconciliation.runs import RUN_LEASE, Lease, RunView
 from reconcile.reconciliation.sources import (
@@ -153,6 +154,8 @@ class Reconciler:
                 handled += done
                 pages += used
         except Exception as error:
+            if is_unavailable(error):
+                raise  # the run keeps its checkpoint and lease: it carries on when the db is back
             log.exception("reconciliation %s failed", run_id)
             self.lease.end(self.sessions, run_id, clock(), f"{type(error).__name__}: {error}")
         return handled
