@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from reconcile.models import (
     Acknowledgement,
+    Cursor,
     Discrepancy,
     InboxEntry,
     OutboxEntry,
@@ -31,6 +32,7 @@ from reconcile.models import (
     Refund,
 )
 from reconcile.outage import DatabaseWatch, is_unavailable
+from reconcile.reconciliation.runs import COMPLETED_CURSOR
 
 
 class Metrics:
@@ -181,12 +183,16 @@ def _reconciliation(session: Session, now: datetime) -> Iterator[Metric]:
         runs.add_metric([status], count)
     age = GaugeMetricFamily(
         "reconcile_reconciliation_age_seconds",
-        "Time since the newest reconciliation that checked everything it was asked to finished.",
+        "Per channel, time since a reconciliation last checked all of its subscriptions without "
+        "a store fault (runs narrowed to an account or store id do not count).",
+        labels=["channel"],
     )
-    done = session.scalar(select(func.max(ReconciliationRun.finished_at))
-                          .where(ReconciliationRun.status == "done"))
-    if done is not None:
-        age.add_metric([], _seconds(now, done))
+    for name, value in session.execute(
+        select(Cursor.name, Cursor.value).where(Cursor.name.startswith(COMPLETED_CURSOR))
+        .order_by(Cursor.name)
+    ):
+        age.add_metric([name.removeprefix(COMPLETED_CURSOR)],
+                       _seconds(now, datetime.fromisoformat(value)))
     found = GaugeMetricFamily(
         "reconcile_reconciliation_discrepancies",
         "Discrepancies the newest finished reconciliation found, by kind and repaired.",

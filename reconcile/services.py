@@ -20,6 +20,7 @@ from reconcile.channels.google import GoogleProcessor
 from reconcile.channels.google_play import PlayClient, PlayPermanentError
 from reconcile.channels.google_truth import GoogleTruth
 from reconcile.channels.portal import PortalExpiryJob
+from reconcile.channels.portal_truth import PortalTruth
 from reconcile.config import Settings
 from reconcile.consumption import ConsumptionJob
 from reconcile.db import make_engine, make_sessionmaker
@@ -90,7 +91,7 @@ def build_services(
     database = DatabaseWatch()
     metrics = Metrics(sessions, clock, settings.google_ack_watchdog_hours, database=database)
     owner = worker_id()
-    truth: dict[str, TruthSource] = {}
+    truth: dict[str, TruthSource] = {"portal": PortalTruth()}
     reconciler = Reconciler(
         sessions, truth, owner=owner, concurrency=settings.reconcile_concurrency,
         page_size=settings.reconcile_page_size,
