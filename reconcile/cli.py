@@ -1,4 +1,4 @@
-"""The `reconcile` command: serve, worker, run."""
+"""The `reconcile` command: serve, worker, run, replay."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import gc
 import logging
 import signal
 import threading
+from datetime import UTC, datetime
 from enum import StrEnum
 from types import FrameType
 from typing import Annotated
@@ -13,6 +14,7 @@ from typing import Annotated
 import typer
 import uvicorn
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -23,6 +25,7 @@ from reconcile.errors import StoreNotConfigured
 from reconcile.models import Discrepancy, ReconciliationRun
 from reconcile.reconciliation.report import discrepancies_of, load_run, summary
 from reconcile.reconciliation.sources import Filters
+from reconcile.replay.runner import Replayer, ReplayFilters, ReplayRefused
 from reconcile.services import Services, build_services
 from reconcile.worker import Worker
 
@@ -165,6 +168,60 @@ def _report(
         console.print(f"[yellow]store error:[/yellow] {failure}")
     if run.error:
         console.print(f"[red]run failed:[/red] {run.error}")
+
+
+class ReplayChannel(StrEnum):
+    apple = "apple"
+    google = "google"
+
+
+def _instant(value: str | None, option: str) -> datetime | None:
+    """An ISO 8601 time (UTC when it names no offset)."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as error:
+        raise typer.BadParameter(f"{value!r} is not an ISO 8601 time, e.g. 2026-11-01T00:00Z",
+                                 param_hint=option) from error
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+@cli.command()
+def replay(
+    channel: Annotated[ReplayChannel | None, typer.Option(help="Only this channel.")] = None,
+    store_id: Annotated[str | None, typer.Option(
+        help="Only the subscription (or purchase) holding this store id.")] = None,
+    since: Annotated[str | None, typer.Option(
+        help="Only subscriptions with a notification received at or after this ISO time.")
+    ] = None,
+    until: Annotated[str | None, typer.Option(
+        help="Only subscriptions with a notification received before this ISO time.")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        help="Print what the rebuild would change, per subscription; change nothing.")] = False,
+) -> None:
+    """Rebuild subscriptions, store ids, their history, purchases and refunds from the inbox;
+    exits 1 when something could not be replayed, 2 when a channel is not configured."""
+    filters = ReplayFilters(channel.value if channel else None, store_id,
+                            _instant(since, "--since"), _instant(until, "--until"))
+    services = _start(logging.WARNING)
+    console = Console()
+    replayer = Replayer(services.sessions, services.processors, services.clock)
+    try:
+        done = replayer.run(filters, dry_run=dry_run,
+                            on_change=lambda change: typer.echo(change.line()))
+    except ReplayRefused as error:
+        console.print(f"[red]{error}[/red]")
+        services.close()
+        raise typer.Exit(2) from error
+    for skipped in done.skipped:
+        console.print(f"[yellow]skipped:[/yellow] {escape(skipped)}", highlight=False)
+    verb = "would change" if dry_run else "changed"
+    console.print(f"{'dry run: ' if dry_run else ''}{done.subscriptions} subscriptions replayed "
+                  f"from {done.notifications} notifications; {verb} {done.changes} fields of "
+                  f"{done.changed}; {len(done.skipped)} skipped", highlight=False)
+    services.close()
+    raise typer.Exit(1 if done.skipped else 0)
 
 
 def main() -> None:
