@@ -312,7 +312,8 @@ class Worker:
         self.jobs = list(jobs)
         self.clock = clock
         self.poll_seconds = poll_seconds
-        # While the database is away, rounds wait as long as this watch says (backoff).
+        # An outage is logged through `database` (once per outage, for the whole process);
+        # while it lasts, rounds are `backoff` apart instead of `poll_seconds`.
         self.database = database if database is not None else DatabaseWatch()
         self.backoff = backoff if backoff is not None else Backoff()
         self._outage_delay: float | None = None
@@ -323,8 +324,8 @@ class Worker:
         self._thread: threading.Thread | None = None
 
     def run_once(self) -> int:
-        """One round of every job; a round that finds the database away ends there, and
-        `database` logs the outage once and says how long to wait before the next."""
+        """One round of every job; a round that finds the database away ends there (no
+        traceback: `database` logs the outage once) and sets the wait before the next."""
         handled = 0
         self._outage_delay = None
         started = self.database.now()

@@ -6,6 +6,7 @@ from sqlalchemy import insert
 
 from reconcile.db import transaction
 from reconcile.models import Discrepancy, ReconciliationRun
+from reconcile.views import encode_cursor
 from tests.support.server import FakeClock, RunningApp
 
 KINDS = ("auto_renew", "expires_at", "status")
@@ -63,8 +64,9 @@ def test_discrepancies_list_refuses_bad_input(app: RunningApp, clock: FakeClock)
     assert client.get("/v1/reconciliations/rec_nope/discrepancies").status_code == 404
     assert client.get(f"/v1/reconciliations/{run_id}/discrepancies",
                       params={"kind": "bogus"}).status_code == 422
-    assert client.get(f"/v1/reconciliations/{run_id}/discrepancies",
-                      params={"cursor": "!!"}).status_code == 400
+    for cursor in ("!!", encode_cursor("-1"), encode_cursor(str(2**64))):
+        assert client.get(f"/v1/reconciliations/{run_id}/discrepancies",
+                          params={"cursor": cursor}).status_code == 400
     small = client.get(f"/v1/reconciliations/{run_id}").json()
     assert small["discrepancies_next_cursor"] is None
     assert len(small["discrepancies"]) == 3

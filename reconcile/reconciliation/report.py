@@ -61,7 +61,7 @@ def page_cursor(after: int) -> str:
 def read_page_cursor(cursor: str) -> int:
     """The id a cursor continues after; ValueError when it is not one of ours."""
     value = int(decode_cursor(cursor))
-    if value < 0:
+    if not 0 <= value < 2**63:  # a BIGINT id, or the database refuses the bind
         raise ValueError("malformed cursor")
     return value
 
