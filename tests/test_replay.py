@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -215,3 +217,39 @@ def test_the_replay_command(
     refused = command("--since", "yesterday")
     assert refused.returncode == 2
     assert "not an ISO 8601 time" in refused.stdout + refused.stderr
+
+
+def test_a_replay_passes_through_no_state_it_does_not_end_in(
+    app: RunningApp, apple_ca: AppleTestCA
+) -> None:
+    """Renewal turned off and on again, then a cancellation asked for: the replay goes
+    straight to the final state, so the waiting cancellation is not taken as confirmed, and
+    the rebuilt history keeps the order the notifications came in."""
+    s = story(9, datetime.now(UTC) - timedelta(days=31))
+    again = copy.deepcopy(s.notifications[2])
+    again.update(subtype="AUTO_RENEW_ENABLED", notificationUUID=str(uuid.uuid4()),
+                 signedDate=again["signedDate"] + 86_400_000)
+    again["data"]["renewal"]["autoRenewStatus"] = 1
+    for note in (*s.notifications, again):
+        body = {"signedPayload": sign_notification(apple_ca, note)}
+        assert app.client.post("/webhooks/apple", json=body).status_code == 200
+    app.drain()
+    [sub] = app.client.get("/v1/subscriptions").json()["items"]
+    assert sub["auto_renew"] is True
+    asked = app.client.post(f"/v1/subscriptions/{sub['id']}/cancel",
+                            json={"reason": "customer_request"})
+    assert asked.json()["cancellation"]["state"] == "customer_action_required", asked.text
+    corrupt(app, s.original_transaction_id, product_id="com.example.wrong")
+
+    summary, changes = replay(app, dry_run=False)
+    assert summary.skipped == []
+    assert [(c.field, c.rebuilt) for c in changes] == [("product_id", sub["product_id"])]
+    after = app.client.get(f"/v1/subscriptions/{sub['id']}").json()
+    assert after["cancellation"]["state"] == "customer_action_required"
+    assert after == {**sub, "cancellation": after["cancellation"],
+                     "updated_at": after["updated_at"]}
+    history = app.client.get(f"/v1/subscriptions/{sub['id']}/events").json()["items"]
+    kinds = [event["kind"] for event in history]
+    assert kinds == sorted(kinds, key=["SUBSCRIBED/INITIAL_BUY", "DID_RENEW",
+                                       "DID_CHANGE_RENEWAL_STATUS/AUTO_RENEW_DISABLED",
+                                       "DID_CHANGE_RENEWAL_STATUS/AUTO_RENEW_ENABLED"].index)

@@ -89,12 +89,45 @@ def rebuild(
         .where(SubscriptionEvent.inbox_id.in_([inbox_id for inbox_id, _ in applied]))
         .execution_options(synchronize_session=False)
     )
-    for inbox_id, outcome in applied:
+    # Newest first: each field is then written once, straight to its final value, so no
+    # intermediate state (renewal off on the way to on) triggers what a change triggers.
+    for inbox_id, outcome in _newest_first(applied):
         ingest(session, for_replay(outcome), source=group.channel, now=now, inbox_id=inbox_id)
+    _history_in_inbox_order(session, [inbox_id for inbox_id, _ in applied])
     if held:
         _restore_unmentioned(session, group.subscription_id, held)
     session.flush()
     return diff(group, before, snapshot(session, group, keys))
+
+
+def _newest_first(applied: Sequence[tuple[int, Normalised]]) -> list[tuple[int, Normalised]]:
+    """Subscription observations by descending store stamp, then everything else."""
+    observed = [item for item in applied if item[1].subscription is not None]
+    observed.sort(key=_stamp, reverse=True)
+    return observed + [item for item in applied if item[1].subscription is None]
+
+
+def _stamp(item: tuple[int, Normalised]) -> tuple[Stamp, int]:
+    observation = item[1].subscription
+    assert observation is not None
+    return observation.stamp, item[0]
+
+
+def _history_in_inbox_order(session: Session, inbox_ids: list[int]) -> None:
+    """The rebuilt history rows, renumbered in the order the notifications were recorded."""
+    session.flush()
+    rows = list(session.scalars(select(SubscriptionEvent)
+                                .where(SubscriptionEvent.inbox_id.in_(inbox_ids))
+                                .order_by(SubscriptionEvent.inbox_id, SubscriptionEvent.id)))
+    copies = [{column: getattr(row, column) for column in _EVENT_COLUMNS} for row in rows]
+    for row in rows:
+        session.delete(row)
+    session.flush()
+    session.add_all(SubscriptionEvent(**values) for values in copies)
+
+
+_EVENT_COLUMNS = ("subscription_id", "source", "kind", "store_time", "recorded_at", "applied",
+                  "inbox_id", "detail")
 
 
 def _forget_clock(session: Session, subscription_id: str | None) -> dict[str, Any]:
