@@ -23,6 +23,7 @@ from reconcile.config import Settings
 from reconcile.db import migrate, transaction
 from reconcile.errors import StoreNotConfigured
 from reconcile.models import Discrepancy, ReconciliationRun
+from reconcile.outage import describe, is_unavailable
 from reconcile.reconciliation.report import discrepancies_of, load_run, summary
 from reconcile.reconciliation.sources import Filters
 from reconcile.replay.runner import Replayer, ReplayFilters, ReplayRefused
@@ -116,8 +117,17 @@ def run(
                TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task("reconcile", total=total)
-        reconciler.advance(run_id, services.clock,
-                           progress=lambda checked, _total: bar.update(task, completed=checked))
+        try:
+            reconciler.advance(run_id, services.clock,
+                               progress=lambda checked, _total: bar.update(task,
+                                                                           completed=checked))
+        except Exception as error:
+            if not is_unavailable(error):
+                raise
+            console.print(f"[red]database unavailable ({escape(describe(error))}): run {run_id} "
+                          "keeps its checkpoint; a worker carries it on once its lease runs "
+                          "out[/red]")
+            raise typer.Exit(1) from error
         bar.update(task, completed=total)
     with services.sessions() as session:
         finished = load_run(session, run_id)

@@ -4,8 +4,9 @@ transaction: what the replay changes, and how it tells what changed.
 A group is one subscription (every store id it holds) or one store id nothing holds yet. Its
 state is rebuilt by forgetting the field clocks (not the values), deleting the history rows the
 inbox made, and applying every notification again (newest first) through
-`reconcile.ingest.ingest`, the one writer of state: each field the notifications speak of ends at the newest notification's value,
-a field they never mention keeps its value and its clock. Store ids, one-time purchases and
+`reconcile.ingest.ingest`, the one writer of state: each field the notifications speak of
+ends at the newest notification's value, a field they never mention keeps its value and its
+clock. Store ids, one-time purchases and
 refunds that are missing come back; existing ones are merged as any notification would.
 """
 
