@@ -193,8 +193,10 @@ def bench_size(count: int, args: argparse.Namespace, workdir: Path, ca: AppleTes
     database_url = f"sqlite:///{workdir / f'bench-{count}.db'}"
     context = mp.get_context("spawn")
     seeding = context.Process(target=seed, args=(database_url, count, base_ms))
+    seeded = time.perf_counter()
     seeding.start()
     seeding.join()
+    print(f"{count:>7} subscriptions seeded in {time.perf_counter() - seeded:.1f} s", flush=True)
     parent, child = context.Pipe()
     fake = context.Process(target=serve_fake,
                            args=(ca_parts(ca), base_ms, args.latency, child), daemon=True)

@@ -10,7 +10,8 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from reconcile.api import (
     account_actions,
@@ -28,9 +29,13 @@ from reconcile.api.input_checks import storable_input, unstorable, validation_er
 from reconcile.api.responses import document_admin_refusals
 from reconcile.catalog import api as catalog_api
 from reconcile.errors import DomainError
+from reconcile.outage import is_unavailable
 from reconcile.purchases import api as purchases_api
 from reconcile.services import Services
 from webhooks.routes import OPENAPI_PATHS, WebhookLane
+
+# What a 503 for an unreachable database tells clients to wait before trying again.
+RETRY_AFTER_SECONDS = 5
 
 
 def create_app(services: Services, *, run_worker: bool = True) -> FastAPI:
@@ -80,6 +85,16 @@ def create_app(services: Services, *, run_worker: bool = True) -> FastAPI:
 
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(DataError, unstorable)
+    @app.exception_handler(DBAPIError)
+    @app.exception_handler(PoolTimeout)
+    async def database_error(_request: Request, error: Exception) -> JSONResponse:
+        # Every route that reads or writes: the database being away is a 503 to retry, not a
+        # 500 with a traceback; anything else from the driver is still a bug (500).
+        if not is_unavailable(error):
+            raise error
+        services.database.failed(error)
+        return JSONResponse({"detail": "database unavailable"}, status_code=503,
+                            headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
     @app.exception_handler(DomainError)
     async def domain_error(_request: Request, error: DomainError) -> JSONResponse:

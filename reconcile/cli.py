@@ -1,4 +1,4 @@
-"""The `reconcile` command: serve, worker, run."""
+"""The `reconcile` command: serve, worker, run, replay."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import threading
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from enum import StrEnum
 from types import FrameType
 from typing import Annotated
@@ -16,6 +17,7 @@ from typing import Annotated
 import typer
 import uvicorn
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -27,8 +29,10 @@ from reconcile.config_check import ConfigError, load_settings, unknown_variables
 from reconcile.db import migrate, transaction
 from reconcile.errors import StoreNotConfigured
 from reconcile.models import Discrepancy, ReconciliationRun
+from reconcile.outage import describe, is_unavailable
 from reconcile.reconciliation.report import discrepancies_of, load_run, summary
 from reconcile.reconciliation.sources import Filters
+from reconcile.replay.runner import Replayer, ReplayFilters, ReplayRefused
 from reconcile.services import Services, build_services
 from reconcile.worker import Worker
 
@@ -176,13 +180,22 @@ def run(
                TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task("reconcile", total=total)
-        reconciler.advance(run_id, services.clock,
-                           progress=lambda checked, _total: bar.update(task, completed=checked))
+        try:
+            reconciler.advance(run_id, services.clock,
+                               progress=lambda checked, _total: bar.update(task,
+                                                                           completed=checked))
+        except Exception as error:
+            if not is_unavailable(error):
+                raise
+            console.print(f"[red]database unavailable ({escape(describe(error))}): run {run_id} "
+                          "keeps its checkpoint; a worker carries it on once its lease runs "
+                          "out[/red]")
+            raise typer.Exit(1) from error
         bar.update(task, completed=total)
     with services.sessions() as session:
         finished = load_run(session, run_id)
         kinds = summary(session, run_id)
-        details = discrepancies_of(session, run_id)[:DETAIL_ROWS]
+        details = discrepancies_of(session, run_id, limit=DETAIL_ROWS)
     if not dry_run:
         # Recovered notifications wait in the inbox, purchases to acknowledge in their queue:
         # see to them now, as the worker would (other runs are left to the worker).
@@ -228,6 +241,60 @@ def _report(
         console.print(f"[yellow]store error:[/yellow] {failure}")
     if run.error:
         console.print(f"[red]run failed:[/red] {run.error}")
+
+
+class ReplayChannel(StrEnum):
+    apple = "apple"
+    google = "google"
+
+
+def _instant(value: str | None, option: str) -> datetime | None:
+    """An ISO 8601 time (UTC when it names no offset)."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as error:
+        raise typer.BadParameter(f"{value!r} is not an ISO 8601 time, e.g. 2026-11-01T00:00Z",
+                                 param_hint=option) from error
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+@cli.command()
+def replay(
+    channel: Annotated[ReplayChannel | None, typer.Option(help="Only this channel.")] = None,
+    store_id: Annotated[str | None, typer.Option(
+        help="Only the subscription (or purchase) holding this store id.")] = None,
+    since: Annotated[str | None, typer.Option(
+        help="Only subscriptions with a notification received at or after this ISO time.")
+    ] = None,
+    until: Annotated[str | None, typer.Option(
+        help="Only subscriptions with a notification received before this ISO time.")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        help="Print what the rebuild would change, per subscription; change nothing.")] = False,
+) -> None:
+    """Rebuild subscriptions, store ids, their history, purchases and refunds from the inbox;
+    exits 1 when something could not be replayed, 2 when a channel is not configured."""
+    filters = ReplayFilters(channel.value if channel else None, store_id,
+                            _instant(since, "--since"), _instant(until, "--until"))
+    services = _start(logging.WARNING)
+    console = Console()
+    replayer = Replayer(services.sessions, services.processors, services.clock)
+    try:
+        done = replayer.run(filters, dry_run=dry_run,
+                            on_change=lambda change: typer.echo(change.line()))
+    except ReplayRefused as error:
+        console.print(f"[red]{error}[/red]")
+        services.close()
+        raise typer.Exit(2) from error
+    for skipped in done.skipped:
+        console.print(f"[yellow]skipped:[/yellow] {escape(skipped)}", highlight=False)
+    verb = "would change" if dry_run else "changed"
+    console.print(f"{'dry run: ' if dry_run else ''}{done.subscriptions} subscriptions replayed "
+                  f"from {done.notifications} notifications; {verb} {done.changes} fields of "
+                  f"{done.changed}; {len(done.skipped)} skipped", highlight=False)
+    services.close()
+    raise typer.Exit(1 if done.skipped else 0)
 
 
 def main() -> None:

@@ -1,5 +1,7 @@
 """Prometheus metrics. Queue depths and totals are read from the database at scrape time, so
-every process behind a load balancer reports the same truth; edge counters are per process."""
+every process behind a load balancer reports the same truth; edge counters are per process.
+While the database cannot be reached, a scrape still answers: the process's own metrics and
+`reconcile_database_up 0`, without the gauges read from the database."""
 
 from __future__ import annotations
 
@@ -7,7 +9,14 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
@@ -16,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from reconcile.catalog.file import Catalog
 from reconcile.models import (
     Acknowledgement,
+    Cursor,
     Discrepancy,
     InboxEntry,
     OutboxEntry,
@@ -24,6 +34,8 @@ from reconcile.models import (
     Refund,
     Subscription,
 )
+from reconcile.outage import DatabaseWatch, is_unavailable
+from reconcile.reconciliation.runs import COMPLETED_CURSOR
 
 
 class Metrics:
@@ -33,8 +45,12 @@ class Metrics:
         clock: Callable[[], datetime],
         unacknowledged_age_hours: float = 24.0,
         catalog: Catalog | None = None,
+        database: DatabaseWatch | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
+        # process_* (CPU, memory, open files), python_gc_*, python_info: this process's own.
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            self.registry.register(collector)
         self.received = Counter(
             "reconcile_notifications_received", "Notifications accepted at the webhook.",
             ["channel", "type"], registry=self.registry,
@@ -43,7 +59,8 @@ class Metrics:
             "reconcile_notifications_rejected", "Notifications refused at the webhook.",
             ["channel", "reason"], registry=self.registry,
         )
-        self.registry.register(_DatabaseCollector(sessions, clock, unacknowledged_age_hours))
+        self.registry.register(_DatabaseCollector(sessions, clock, unacknowledged_age_hours,
+                                                  database or DatabaseWatch()))
         if catalog is not None and catalog.products:
             self.registry.register(_UnknownProducts(sessions, catalog))
 
@@ -53,14 +70,33 @@ class Metrics:
 
 class _DatabaseCollector(Collector):
     def __init__(
-        self, sessions: sessionmaker[Session], clock: Callable[[], datetime], ack_hours: float
+        self, sessions: sessionmaker[Session], clock: Callable[[], datetime], ack_hours: float,
+        database: DatabaseWatch,
     ) -> None:
         self.sessions = sessions
         self.clock = clock
         self.ack_hours = ack_hours
+        self.database = database
 
     def collect(self) -> Iterator[Metric]:
-        now = self.clock()
+        up = GaugeMetricFamily("reconcile_database_up",
+                               "1 when this process's last look at the database answered, else 0.")
+        started = self.database.now()
+        try:
+            gauges = self._gauges(self.clock())
+        except Exception as error:
+            if not is_unavailable(error):
+                raise
+            self.database.failed(error)
+            up.add_metric([], 0)
+            yield up
+            return
+        self.database.succeeded(started)
+        up.add_metric([], 1)
+        yield up
+        yield from gauges
+
+    def _gauges(self, now: datetime) -> list[Metric]:
         by_status = GaugeMetricFamily(
             "reconcile_notifications", "Recorded notifications by channel, type and status "
             "(processed, failed, pending, rejected).", labels=["channel", "type", "status"],
@@ -139,8 +175,8 @@ class _DatabaseCollector(Collector):
             )
             unacked.add_metric([], stale or 0)
             reconciliation = list(_reconciliation(session, now))
-        yield from (by_status, lag, refunds, amounts, requests, cancellations, unacked,
-                    *reconciliation)
+        return [by_status, lag, refunds, amounts, requests, cancellations, unacked,
+                *reconciliation]
 
 
 class _UnknownProducts(Collector):
@@ -157,14 +193,19 @@ class _UnknownProducts(Collector):
             "Subscriptions and one-time purchases of products the catalog does not name.",
             labels=["channel", "kind", "product_id"],
         )
-        with self.sessions() as session:
-            for kind, model in (("subscription", Subscription), ("purchase", Purchase)):
-                for channel, product, count in session.execute(
-                    select(model.channel, model.product_id, func.count())
-                    .group_by(model.channel, model.product_id)
-                ):
-                    if product and not self.catalog.knows(product):
-                        unknown.add_metric([channel, kind, product], count)
+        try:
+            with self.sessions() as session:
+                for kind, model in (("subscription", Subscription), ("purchase", Purchase)):
+                    for channel, product, count in session.execute(
+                        select(model.channel, model.product_id, func.count())
+                        .group_by(model.channel, model.product_id)
+                    ):
+                        if product and not self.catalog.knows(product):
+                            unknown.add_metric([channel, kind, product], count)
+        except Exception as error:
+            if not is_unavailable(error):
+                raise
+            return  # reconcile_database_up says why; the process metrics still answer
         yield unknown
 
 
@@ -178,12 +219,16 @@ def _reconciliation(session: Session, now: datetime) -> Iterator[Metric]:
         runs.add_metric([status], count)
     age = GaugeMetricFamily(
         "reconcile_reconciliation_age_seconds",
-        "Time since the newest reconciliation that checked everything it was asked to finished.",
+        "Per channel, time since a reconciliation last checked all of its subscriptions without "
+        "a store fault (runs narrowed to an account or store id do not count).",
+        labels=["channel"],
     )
-    done = session.scalar(select(func.max(ReconciliationRun.finished_at))
-                          .where(ReconciliationRun.status == "done"))
-    if done is not None:
-        age.add_metric([], _seconds(now, done))
+    for name, value in session.execute(
+        select(Cursor.name, Cursor.value).where(Cursor.name.startswith(COMPLETED_CURSOR))
+        .order_by(Cursor.name)
+    ):
+        age.add_metric([name.removeprefix(COMPLETED_CURSOR)],
+                       _seconds(now, datetime.fromisoformat(value)))
     found = GaugeMetricFamily(
         "reconcile_reconciliation_discrepancies",
         "Discrepancies the newest finished reconciliation found, by kind and repaired.",

@@ -16,7 +16,9 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -44,10 +46,12 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 # SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+# Documents: `jsonb` on PostgreSQL (compact, comparable, indexable), JSON text on SQLite.
+JsonDocument = JSON().with_variant(JSONB(), "postgresql")
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JsonDocument}
 
 
 class InboxEntry(Base):
@@ -56,7 +60,10 @@ class InboxEntry(Base):
     __tablename__ = "inbox"
     __table_args__ = (
         UniqueConstraint("channel", "notification_id", name="uq_inbox_channel_notification"),
-        Index("ix_inbox_due", "status", "next_attempt_at"),
+        # Only pending rows are ever claimed (see InboxJob._claim): the index holds just those.
+        Index("ix_inbox_due", "next_attempt_at", "id",
+              postgresql_where=text("status = 'pending'"),
+              sqlite_where=text("status = 'pending'")),
         Index("ix_inbox_subject", "channel", "subject"),
     )
 
@@ -103,7 +110,7 @@ class Subscription(Base):
     prepaid: Mapped[bool] = mapped_column(Boolean, default=False)
     last_event_at: Mapped[datetime | None]
     # Per-field store time of the observation that last wrote each field (see reconcile.state).
-    clock: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    clock: Mapped[dict[str, Any]] = mapped_column(JsonDocument, default=dict)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     version: Mapped[int] = mapped_column(Integer, default=1)
@@ -135,7 +142,7 @@ class SubscriptionEvent(Base):
     recorded_at: Mapped[datetime]
     applied: Mapped[bool] = mapped_column(Boolean)
     inbox_id: Mapped[int | None] = mapped_column(BigInteger)
-    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    detail: Mapped[dict[str, Any]] = mapped_column(JsonDocument, default=dict)
 
 
 class Purchase(Base):
@@ -163,7 +170,7 @@ class Purchase(Base):
     revoked_at: Mapped[datetime | None]
     state: Mapped[str] = mapped_column(String(16), default="purchased")  # purchased|pending|revoked
     consumed: Mapped[bool] = mapped_column(Boolean, default=False)
-    clock: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    clock: Mapped[dict[str, Any]] = mapped_column(JsonDocument, default=dict)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
@@ -224,7 +231,7 @@ class OutboxEntry(Base):
     subscription_id: Mapped[str | None] = mapped_column(String(40), index=True)
     account_id: Mapped[str | None] = mapped_column(String(128))
     store_id: Mapped[str | None] = mapped_column(String(512))
-    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    payload: Mapped[dict[str, Any]] = mapped_column(JsonDocument, default=dict)
     # pending | sent | customer_action_required | confirmed | failed | skipped
     state: Mapped[str] = mapped_column(String(32))
     reason: Mapped[str | None] = mapped_column(String(32))
@@ -263,10 +270,10 @@ class ReconciliationRun(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     status: Mapped[str] = mapped_column(String(16))  # running | done | failed
     dry_run: Mapped[bool] = mapped_column(Boolean)
-    filters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    filters: Mapped[dict[str, Any]] = mapped_column(JsonDocument, default=dict)
     checked: Mapped[int] = mapped_column(Integer, default=0)
     # Resume point: the last subscription id fully checked, per phase.
-    checkpoint: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    checkpoint: Mapped[dict[str, Any]] = mapped_column(JsonDocument, default=dict)
     error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]
@@ -276,9 +283,14 @@ class ReconciliationRun(Base):
 
 class Discrepancy(Base):
     __tablename__ = "discrepancies"
+    __table_args__ = (
+        # Keyset pages of one run's findings, all of them or of one kind.
+        Index("ix_discrepancies_run", "run_id", "id"),
+        Index("ix_discrepancies_run_kind", "run_id", "kind", "id"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    run_id: Mapped[str] = mapped_column(ForeignKey("reconciliation_runs.id"), index=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("reconciliation_runs.id"))
     channel: Mapped[str] = mapped_column(String(16))
     store_id: Mapped[str] = mapped_column(String(512))
     subscription_id: Mapped[str | None] = mapped_column(String(40))

@@ -21,10 +21,12 @@ from reconcile.channels.google import GoogleProcessor
 from reconcile.channels.google_play import PlayClient, PlayPermanentError
 from reconcile.channels.google_truth import GoogleTruth
 from reconcile.channels.portal import PortalExpiryJob
+from reconcile.channels.portal_truth import PortalTruth
 from reconcile.config import Settings
 from reconcile.consumption import ConsumptionJob
 from reconcile.db import make_engine, make_read_engine, make_sessionmaker
 from reconcile.metrics import Metrics
+from reconcile.outage import DatabaseWatch
 from reconcile.outbox import GoogleCancelJob
 from reconcile.ratelimit import RateLimiter
 from reconcile.reconciliation.job import ReconcileJob
@@ -59,13 +61,16 @@ class Services:
     intake: Intake = field(init=False)
     # Set when the intake records work, so that this process's worker starts on it at once.
     new_work: threading.Event = field(default_factory=threading.Event)
+    # Whether this process reaches its database; the one place an outage is logged.
+    database: DatabaseWatch = field(default_factory=DatabaseWatch)
 
     def __post_init__(self) -> None:
-        self.intake = Intake(self.sessions, on_recorded=self.new_work.set)
+        self.intake = Intake(self.sessions, on_recorded=self.new_work.set,
+                             database=self.database)
 
     def worker(self) -> Worker:
         return Worker(self.jobs, clock=self.clock, poll_seconds=self.settings.worker_poll_seconds,
-                      wake=self.new_work)
+                      wake=self.new_work, database=self.database)
 
     def close(self) -> None:
         self.reconciler.close()
@@ -90,9 +95,11 @@ def build_services(
     catalog = load_catalog(settings.catalog_file) if settings.catalog_file else Catalog()
     engine = make_engine(settings.database_url)
     sessions = make_sessionmaker(engine)
-    metrics = Metrics(sessions, clock, settings.google_ack_watchdog_hours, catalog)
+    database = DatabaseWatch()
+    metrics = Metrics(sessions, clock, settings.google_ack_watchdog_hours, catalog,
+                      database=database)
     owner = worker_id()
-    truth: dict[str, TruthSource] = {}
+    truth: dict[str, TruthSource] = {"portal": PortalTruth()}
     reconciler = Reconciler(
         sessions, truth, owner=owner, concurrency=settings.reconcile_concurrency,
         page_size=settings.reconcile_page_size,
@@ -103,7 +110,7 @@ def build_services(
         catalog=catalog, reader=make_read_engine(settings.database_url, engine),
         apple_api=AppStoreApi.from_settings(settings, sleep=sleep),
         google_push=build_push_authenticator(settings), play=build_play_client(settings),
-        cancellers=default_cancellers(settings.google_package_name),
+        cancellers=default_cancellers(settings.google_package_name), database=database,
     )
     if services.apple is not None:
         services.processors["apple"] = AppleProcessor(services.apple)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Select, or_, select, update
 from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, defer, sessionmaker
 
@@ -25,6 +25,7 @@ from reconcile.ids import new_id
 from reconcile.ingest import ingest
 from reconcile.ingest_many import ingest_many
 from reconcile.models import InboxEntry
+from reconcile.outage import Backoff, DatabaseWatch, is_unavailable
 from reconcile.outcomes import FreshRead, Normalised
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,25 @@ def backoff(attempts: int) -> timedelta:
     return timedelta(seconds=base * random.uniform(0.8, 1.2))
 
 
+def due_entries(now: datetime, limit: int) -> Select[tuple[int]]:
+    """The ids of inbox entries due now and not leased, oldest due first, locked for a claim.
+
+    It filters on `status = 'pending'` exactly as the partial index `ix_inbox_due` does, so the
+    index holds only the waiting work, however large the inbox grows.
+    """
+    return (
+        select(InboxEntry.id)
+        .where(
+            InboxEntry.status == "pending",
+            InboxEntry.next_attempt_at <= now,
+            or_(InboxEntry.lease_until.is_(None), InboxEntry.lease_until < now),
+        )
+        .order_by(InboxEntry.next_attempt_at, InboxEntry.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+
+
 def worker_id() -> str:
     return f"{socket.gethostname()[:32]}:{new_id('w')[-8:]}"
 
@@ -109,19 +129,7 @@ class InboxJob:
 
     def _claim(self, now: datetime) -> list[InboxEntry]:
         with transaction(self.sessions) as session:
-            ids = list(
-                session.scalars(
-                    select(InboxEntry.id)
-                    .where(
-                        InboxEntry.status == "pending",
-                        InboxEntry.next_attempt_at <= now,
-                        or_(InboxEntry.lease_until.is_(None), InboxEntry.lease_until < now),
-                    )
-                    .order_by(InboxEntry.next_attempt_at, InboxEntry.id)
-                    .limit(self.batch_size)
-                    .with_for_update(skip_locked=True)
-                )
-            )
+            ids = list(session.scalars(due_entries(now, self.batch_size)))
             if not ids:
                 return []
             session.execute(
@@ -165,7 +173,9 @@ class InboxJob:
                             if entry.id not in done:
                                 self._apply(session, rows.get(entry.id), entry, result, now)
                 return
-            except Exception:
+            except Exception as error:
+                if is_unavailable(error):
+                    raise  # the whole batch comes back when its lease runs out
                 log.warning("a batch of %d entries failed; applying them one by one", len(batch))
         for entry, result in batch:
             self._finish_one(entry, result, now)
@@ -208,6 +218,8 @@ class InboxJob:
                     self._apply(session, row, entry, result, now)
                 return
             except Exception as error:
+                if is_unavailable(error):
+                    raise  # not the entry's fault: it comes back when its lease runs out
                 if is_conflict(error) and retry < CONFLICT_RETRIES:
                     # Another worker wrote the same subscription (or account, purchase...)
                     # first; running again in a new transaction builds on what it committed.
@@ -302,10 +314,17 @@ class Worker:
         clock: Clock = utcnow,
         poll_seconds: float = 0.2,
         wake: threading.Event | None = None,
+        database: DatabaseWatch | None = None,
+        backoff: Backoff | None = None,
     ):
         self.jobs = list(jobs)
         self.clock = clock
         self.poll_seconds = poll_seconds
+        # An outage is logged through `database` (once per outage, for the whole process);
+        # while it lasts, rounds are `backoff` apart instead of `poll_seconds`.
+        self.database = database if database is not None else DatabaseWatch()
+        self.backoff = backoff if backoff is not None else Backoff()
+        self._outage_delay: float | None = None
         # Set by whoever records new work in this process (the intake): no need to wait for
         # the next poll. Work recorded by other processes is found by polling.
         self._wake = wake if wake is not None else threading.Event()
@@ -313,12 +332,22 @@ class Worker:
         self._thread: threading.Thread | None = None
 
     def run_once(self) -> int:
+        """One round of every job; a round that finds the database away ends there (no
+        traceback: `database` logs the outage once) and sets the wait before the next."""
         handled = 0
+        self._outage_delay = None
+        started = self.database.now()
         for job in self.jobs:
             try:
                 handled += job.run_once(self.clock())
-            except Exception:
+            except Exception as error:
+                if is_unavailable(error):
+                    self.database.failed(error)
+                    self._outage_delay = self.backoff.next()
+                    return handled
                 log.exception("job %s failed", job.name)
+        self.database.succeeded(started)
+        self.backoff.reset()
         return handled
 
     def drain(self, max_rounds: int = 1000) -> int:
@@ -326,13 +355,16 @@ class Worker:
         for _ in range(max_rounds):
             handled = self.run_once()
             total += handled
-            if handled == 0:
+            if handled == 0 or self._outage_delay is not None:
                 break
         return total
 
     def run_forever(self) -> None:
         while not self._stop.is_set():
-            if self.run_once() == 0:
+            handled = self.run_once()
+            if self._outage_delay is not None:
+                self._stop.wait(self._outage_delay)
+            elif handled == 0:
                 self._wake.wait(self.poll_seconds)
                 # Cleared before the next round looks for work, so no wake-up is lost.
                 self._wake.clear()

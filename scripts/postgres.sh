@@ -6,6 +6,8 @@
 #                                       RECONCILE_TEST_POSTGRES_URL  admin URL (database "postgres")
 #                                       RECONCILE_TEST_POSTGRES_DIR  what `stop` needs
 #   scripts/postgres.sh stop DIR      stop that server and delete its data
+#   scripts/postgres.sh pause DIR     stop that server, keeping its data (an outage, for tests)
+#   scripts/postgres.sh resume DIR    start a paused server again, on the same port
 #
 # The server never runs as root: as root it runs as the `postgres` system user (created by the
 # Debian packages) or, failing that, an unprivileged `reconcile-pg` user made for the purpose.
@@ -78,12 +80,8 @@ start() {
     || { cat "$base/initdb.log" >&2; rm -rf "$base"; exit 1; }
   for attempt in 1 2 3 4 5; do
     port=$(free_port)
-    if as_user "$user" "$bindir/pg_ctl" --pgdata="$base/data" --log="$base/server.log" --wait \
-        --timeout=60 --silent \
-        -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$base" \
-        -o "-c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
-        -o "-c max_connections=300 -c shared_buffers=128MB" \
-        start >/dev/null 2>&1; then
+    if run_server "$bindir" "$user" "$base" "$port"; then
+      echo "$port" >"$base/port"
       echo "export RECONCILE_TEST_POSTGRES_URL=postgresql+psycopg://postgres@127.0.0.1:$port/postgres"
       echo "export RECONCILE_TEST_POSTGRES_DIR=$base"
       return 0
@@ -93,6 +91,31 @@ start() {
   cat "$base/server.log" >&2 || true
   rm -rf "$base"
   exit 1
+}
+
+run_server() {
+  local bindir=$1 user=$2 base=$3 port=$4
+  as_user "$user" "$bindir/pg_ctl" --pgdata="$base/data" --log="$base/server.log" --wait \
+    --timeout=60 --silent \
+    -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$base" \
+    -o "-c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
+    -o "-c max_connections=300 -c shared_buffers=128MB" \
+    start >/dev/null 2>&1
+}
+
+pause() {
+  local base=${1:?usage: postgres.sh pause DIR} bindir user
+  bindir=$(find_bindir)
+  user=$(stat -c %U "$base/data")
+  as_user "$user" "$bindir/pg_ctl" --pgdata="$base/data" --mode=fast --wait --silent stop
+}
+
+resume() {
+  local base=${1:?usage: postgres.sh resume DIR} bindir user
+  bindir=$(find_bindir)
+  user=$(stat -c %U "$base/data")
+  run_server "$bindir" "$user" "$base" "$(cat "$base/port")" \
+    || { tail -20 "$base/server.log" >&2; exit 1; }
 }
 
 stop() {
@@ -109,5 +132,7 @@ case "${1:-}" in
   bindir) find_bindir ;;
   start) start ;;
   stop) shift; stop "$@" ;;
-  *) echo "usage: $0 bindir | start | stop DIR" >&2; exit 2 ;;
+  pause) shift; pause "$@" ;;
+  resume) shift; resume "$@" ;;
+  *) echo "usage: $0 bindir | start | stop DIR | pause DIR | resume DIR" >&2; exit 2 ;;
 esac

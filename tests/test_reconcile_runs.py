@@ -290,7 +290,7 @@ def test_metrics_show_the_newest_run(
     clock.advance(minutes=5)
     text = recon_app.client.get("/metrics").text
     assert 'reconcile_reconciliation_runs{status="done"} 1.0' in text
-    assert "reconcile_reconciliation_age_seconds 300.0" in text
+    assert 'reconcile_reconciliation_age_seconds{channel="apple"} 300.0' in text
     assert ('reconcile_reconciliation_discrepancies{kind="auto_renew",repaired="false"} 1.0'
             in text)
 

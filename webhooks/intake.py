@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from reconcile.db import transaction
 from reconcile.models import InboxEntry
+from reconcile.outage import DatabaseWatch, is_unavailable
 
 
 @dataclass(frozen=True)
@@ -151,9 +152,12 @@ class Intake:
         *,
         max_batch: int = 500,
         on_recorded: Callable[[], None] | None = None,
+        database: DatabaseWatch | None = None,
     ) -> None:
         self._sessions = sessions
         self._max_batch = max_batch
+        # Told when a write finds the database away (it logs the outage once) or back.
+        self._database = database
         # Called after a commit that recorded something new to process (wakes the worker).
         self._on_recorded = on_recorded
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
@@ -199,13 +203,18 @@ class Intake:
             self._write(batch)
 
     def _write(self, batch: list[_Job]) -> None:
+        started = self._database.now() if self._database is not None else 0.0
         try:
             with transaction(self._sessions) as session:
                 results = insert_entries(session, [(incoming, now) for incoming, now, _ in batch])
         except Exception as error:  # every waiting request answers 5xx; the stores retry
+            if self._database is not None and is_unavailable(error):
+                self._database.failed(error)
             for _, _, future in batch:
                 future.set_exception(error)
             return
+        if self._database is not None:
+            self._database.succeeded(started)
         if self._on_recorded is not None and any(
             new and incoming.status == "pending"
             for (incoming, _, _), new in zip(batch, results, strict=True)

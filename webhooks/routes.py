@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from reconcile.outage import is_unavailable
 from reconcile.services import Services
 from webhooks.apple import (
     MISSING_APP_APPLE_ID,
@@ -54,7 +55,8 @@ async def apple(request: Request, services: Services) -> Response:
     try:
         new = await asyncio.wrap_future(services.intake.submit(entry, services.clock()))
     except Exception as error:
-        log.error("could not record Apple notification: %s", type(error).__name__)
+        if not is_unavailable(error):  # an outage is logged once, by the database watch
+            log.error("could not record Apple notification: %s", type(error).__name__)
         raise HTTPException(503, "storage unavailable") from error
     if new:
         services.metrics.received.labels("apple", entry.kind.split("/")[0]).inc()
@@ -104,7 +106,8 @@ async def google(request: Request, services: Services) -> Response:
     try:
         new = await asyncio.wrap_future(services.intake.submit(entry, services.clock()))
     except Exception as error:
-        log.error("could not record Google notification: %s", type(error).__name__)
+        if not is_unavailable(error):  # an outage is logged once, by the database watch
+            log.error("could not record Google notification: %s", type(error).__name__)
         raise HTTPException(503, "storage unavailable") from error
     if new:
         services.metrics.received.labels("google", entry.kind).inc()

@@ -1,4 +1,5 @@
-"""POST /v1/reconciliations (start a run; a worker carries it out), GET one, GET the list."""
+"""POST /v1/reconciliations (start a run; a worker carries it out), GET one, its discrepancies,
+GET the list."""
 
 from __future__ import annotations
 
@@ -12,10 +13,15 @@ from reconcile.api.deps import NowDep, ServicesDep, SessionDep
 from reconcile.api.responses import answers
 from reconcile.errors import DomainError
 from reconcile.reconciliation.report import (
-    discrepancies_of,
+    FIRST_PAGE,
     discrepancy_counts,
+    discrepancy_json,
+    discrepancy_page,
     list_runs,
     load_run,
+    page_cursor,
+    read_page_cursor,
+    run_document,
     run_json,
 )
 from reconcile.reconciliation.sources import Filters
@@ -40,13 +46,38 @@ def start(
     """Record the run and answer at once; the worker (or a `reconcile run`) carries it out."""
     filters = Filters(body.channel, body.account_id, body.store_id)
     run = services.reconciler.start(session, filters, dry_run=body.dry_run, now=now)
-    return run_json(run, [])
+    return {**run_json(run, []), "counts": {}, "discrepancies_next_cursor": None}
 
 
 @router.get("/{run_id}", responses=answers(404))
 def show(run_id: str, session: SessionDep) -> dict[str, Any]:
+    """The run, its `counts` by kind and its first discrepancies (the rest: the list below)."""
+    return run_document(session, load_run(session, run_id))
+
+
+DiscrepancyKind = Literal["status", "expires_at", "auto_renew", "product", "missing_here",
+                          "unknown_at_store", "unacknowledged", "refund_not_known", "credits"]
+
+
+@router.get("/{run_id}/discrepancies")
+def discrepancies(
+    run_id: str,
+    session: SessionDep,
+    kind: DiscrepancyKind | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = FIRST_PAGE,
+) -> dict[str, Any]:
+    """Every discrepancy of a run (or of one kind), in the order found, page by page."""
     run = load_run(session, run_id)
-    return run_json(run, discrepancies_of(session, run.id))
+    after = None
+    if cursor:
+        try:
+            after = read_page_cursor(cursor)
+        except ValueError as error:
+            raise DomainError("malformed cursor", cursor=cursor) from error
+    page, more = discrepancy_page(session, run.id, kind=kind, after=after, limit=limit)
+    return {"items": [discrepancy_json(d) for d in page],
+            "next_cursor": None if more is None else page_cursor(more)}
 
 
 @router.get("", responses=answers(400))

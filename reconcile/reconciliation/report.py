@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from reconcile.errors import UnknownReconciliation
 from reconcile.models import Discrepancy, ReconciliationRun
-from reconcile.views import iso
+from reconcile.views import decode_cursor, encode_cursor, iso
 
 
 def load_run(session: Session, run_id: str) -> ReconciliationRun:
@@ -46,6 +46,26 @@ def run_json(run: ReconciliationRun, discrepancies: Sequence[Discrepancy] | None
     return body
 
 
+def run_document(session: Session, run: ReconciliationRun) -> dict[str, Any]:
+    """The run with `counts` by kind and the first page of its discrepancies; a run with more
+    names the cursor of `GET /v1/reconciliations/{id}/discrepancies` that continues it."""
+    page, more = discrepancy_page(session, run.id, kind=None, after=None, limit=FIRST_PAGE)
+    return {**run_json(run, page), "counts": counts_by_kind(session, run.id),
+            "discrepancies_next_cursor": None if more is None else page_cursor(more)}
+
+
+def page_cursor(after: int) -> str:
+    return encode_cursor(str(after))
+
+
+def read_page_cursor(cursor: str) -> int:
+    """The id a cursor continues after; ValueError when it is not one of ours."""
+    value = int(decode_cursor(cursor))
+    if not 0 <= value < 2**63:  # a BIGINT id, or the database refuses the bind
+        raise ValueError("malformed cursor")
+    return value
+
+
 def discrepancy_json(row: Discrepancy) -> dict[str, Any]:
     return {
         "channel": row.channel,
@@ -58,10 +78,37 @@ def discrepancy_json(row: Discrepancy) -> dict[str, Any]:
     }
 
 
-def discrepancies_of(session: Session, run_id: str) -> list[Discrepancy]:
-    return list(session.scalars(
-        select(Discrepancy).where(Discrepancy.run_id == run_id).order_by(Discrepancy.id)
-    ))
+# What `GET /v1/reconciliations/{id}` shows inline; the rest is paged (`discrepancy_page`).
+FIRST_PAGE = 100
+
+
+def discrepancies_of(
+    session: Session, run_id: str, *, kind: str | None = None, after: int | None = None,
+    limit: int | None = None,
+) -> list[Discrepancy]:
+    """A run's discrepancies in the order found, keyset-paged on id (ix_discrepancies_run*)."""
+    query = select(Discrepancy).where(Discrepancy.run_id == run_id)
+    if kind is not None:
+        query = query.where(Discrepancy.kind == kind)
+    if after is not None:
+        query = query.where(Discrepancy.id > after)
+    query = query.order_by(Discrepancy.id)
+    if limit is not None:
+        query = query.limit(limit)
+    return list(session.scalars(query))
+
+
+def discrepancy_page(
+    session: Session, run_id: str, *, kind: str | None, after: int | None, limit: int
+) -> tuple[list[Discrepancy], int | None]:
+    """One page and the id to continue after (None on the last page)."""
+    rows = discrepancies_of(session, run_id, kind=kind, after=after, limit=limit + 1)
+    page = rows[:limit]
+    return page, page[-1].id if len(rows) > limit else None
+
+
+def counts_by_kind(session: Session, run_id: str) -> dict[str, int]:
+    return {kind: found for kind, (found, _) in summary(session, run_id).items()}
 
 
 def summary(session: Session, run_id: str) -> dict[str, tuple[int, int]]:

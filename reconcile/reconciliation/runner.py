@@ -23,7 +23,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from reconcile.db import transaction
 from reconcile.errors import StoreNotConfigured
 from reconcile.ids import new_id
+from reconcile.ingest import to_state
 from reconcile.models import Discrepancy, ReconciliationRun, StoreId, Subscription
+from reconcile.outage import is_unavailable
 from reconcile.reconciliation.repair import settle
 from reconcile.reconciliation.runs import RUN_LEASE, Lease, RunView
 from reconcile.reconciliation.sources import (
@@ -85,9 +87,8 @@ class Reconciler:
     # Starting and claiming
 
     def channels(self, filters: Filters) -> list[str]:
-        """The channels a run with `filters` compares; portal has no store, so nothing."""
-        if filters.channel == "portal":
-            return []
+        """The channels a run with `filters` compares (the portal is always there: its truth
+        is ours)."""
         if filters.channel is not None:
             if filters.channel not in self.sources:
                 raise StoreNotConfigured(filters.channel)
@@ -153,6 +154,8 @@ class Reconciler:
                 handled += done
                 pages += used
         except Exception as error:
+            if is_unavailable(error):
+                raise  # the run keeps its checkpoint and lease: it carries on when the db is back
             log.exception("reconciliation %s failed", run_id)
             self.lease.end(self.sessions, run_id, clock(), f"{type(error).__name__}: {error}")
         return handled
@@ -199,7 +202,7 @@ class Reconciler:
                 progress(checked, run.checkpoint.get("total", 0))
 
     def _fetch(self, row: Subscription, now: datetime) -> Fetched:
-        target = Target(row.id, row.channel, row.store_id, row.environment)
+        target = Target(row.id, row.channel, row.store_id, row.environment, to_state(row))
         try:
             return self.sources[row.channel].fetch(target, now)
         except Exception as error:  # a bug in one adapter is reported, not mistaken for drift

@@ -16,10 +16,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from reconcile.db import transaction
 from reconcile.models import ReconciliationRun
-from reconcile.reconciliation.sources import Filters
+from reconcile.reconciliation.sources import Filters, write_cursor
 
 RUN_LEASE = timedelta(minutes=5)
 FAILURE_SAMPLES = 20
+# Per channel, when a run last checked every one of its subscriptions without a fault.
+COMPLETED_CURSOR = "reconcile:completed:"
+
+
+def completed_cursor(channel: str) -> str:
+    return f"{COMPLETED_CURSOR}{channel}"
 
 
 @dataclass(frozen=True)
@@ -134,6 +140,9 @@ class Lease:
                 return
             failed = error is not None or bool(record.checkpoint.get("errors"))
             record.status = "failed" if failed else "done"
+            if not failed and not Filters.from_json(record.filters).narrowed:
+                for channel in record.checkpoint.get("channels", []):
+                    write_cursor(session, completed_cursor(channel), now.isoformat(), now)
             record.error = error[:2000] if error else None
             record.finished_at = now
             record.lease_owner = None

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from reconcile.models import Cursor
 from reconcile.outcomes import Normalised
+from reconcile.state import SubscriptionState
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,8 @@ class Target:
     channel: str
     store_id: str
     environment: str
+    # Our state as the page read it (the portal, whose truth is ours, judges by it).
+    here: SubscriptionState | None = None
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from pathlib import Path
 from secrets import token_hex
 
 from sqlalchemy import create_engine, make_url, text
@@ -11,6 +14,8 @@ from reconcile.db import migrate
 
 # An admin URL to a PostgreSQL server the tests may create databases on (scripts/postgres.sh).
 POSTGRES_ENV = "RECONCILE_TEST_POSTGRES_URL"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "postgres.sh"
+BASH = shutil.which("bash") or "/bin/bash"
 
 
 class PostgresDatabases:
@@ -51,3 +56,27 @@ class PostgresDatabases:
     def _execute(self, statement: str) -> None:
         with self.engine.connect() as connection:
             connection.execute(text(statement))
+
+
+class DedicatedServer:
+    """A PostgreSQL server of one test's own (scripts/postgres.sh), which it may stop and start
+    again to play an outage without disturbing the suite's shared server."""
+
+    def __init__(self) -> None:
+        started = subprocess.run([BASH, str(SCRIPT), "start"], check=True, text=True,
+                                 capture_output=True).stdout
+        exports = dict(line.removeprefix("export ").split("=", 1)
+                       for line in started.splitlines() if line.startswith("export "))
+        self.admin_url = exports[POSTGRES_ENV]
+        self.directory = exports["RECONCILE_TEST_POSTGRES_DIR"]
+
+    def pause(self) -> None:
+        """Stop the server (fast shutdown: sessions are cut off); its data stays."""
+        subprocess.run([BASH, str(SCRIPT), "pause", self.directory], check=True)
+
+    def resume(self) -> None:
+        """Start it again on the same port."""
+        subprocess.run([BASH, str(SCRIPT), "resume", self.directory], check=True)
+
+    def close(self) -> None:
+        subprocess.run([BASH, str(SCRIPT), "stop", self.directory], check=True)

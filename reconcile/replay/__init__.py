@@ -1,0 +1,2 @@
+"""Rebuilding derived state (subscriptions, store ids, their history, purchases, refunds) from
+the inbox: `reconcile replay`."""

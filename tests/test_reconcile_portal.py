@@ -1,0 +1,95 @@
+"""Reconciling the portal checks its subscriptions' dates; the age metric is per channel."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from reconcile.db import transaction
+from reconcile.reconciliation.sources import Filters
+from tests.fakes.appstore import FakeAppStore
+from tests.support.apple_ca import AppleTestCA
+from tests.support.apple_truth import reconcile, store_has, subscribe
+from tests.support.server import FakeClock, RunningApp
+
+
+def portal_subscription(app: RunningApp, clock: FakeClock, **fields: Any) -> dict[str, Any]:
+    body = {"account_id": "acct-portal", "product_id": "web.monthly", "auto_renew": True,
+            "expires_at": (clock.advance(seconds=0).replace(microsecond=0)
+                           .strftime("%Y-%m-%dT%H:%M:%SZ")), **fields}
+    created = app.client.post("/v1/portal/subscriptions", json=body)
+    assert created.status_code == 201, created.text
+    return dict(created.json())
+
+
+def run_portal(app: RunningApp, clock: FakeClock, *, dry_run: bool) -> dict[str, Any]:
+    """A portal-only run carried out here, without the worker's other jobs (whose portal
+    expiry job would otherwise have expired the subscription first)."""
+    reconciler = app.services.reconciler
+    with transaction(app.services.sessions) as session:
+        run_id = reconciler.start(session, Filters("portal"), dry_run=dry_run, now=clock(),
+                                  claim=True).id
+    reconciler.advance(run_id, clock)
+    return dict(app.client.get(f"/v1/reconciliations/{run_id}").json())
+
+
+def test_a_portal_period_that_ended_unrenewed_is_found_and_repaired(
+    app: RunningApp, clock: FakeClock
+) -> None:
+    """A portal subscription still active after its period ended is reported as `status`
+    (a dry run changes nothing), repaired to expired by a real run; renewal left on for more
+    than a day after expiry is then reported as `missing_here`, never repaired."""
+    sub = portal_subscription(app, clock, expires_at="2026-11-02T12:00:00Z")
+    untouched = portal_subscription(app, clock, expires_at="2026-12-20T12:00:00Z",
+                                    account_id="acct-later")
+    clock.advance(days=2, minutes=1)
+    dry = run_portal(app, clock, dry_run=True)
+    assert (dry["status"], dry["checked"]) == ("done", 2)
+    assert [(d["subscription_id"], d["kind"], d["here"], d["store"], d["repaired"])
+            for d in dry["discrepancies"]] == [(sub["id"], "status", "active", "expired", False)]
+    assert app.client.get(f"/v1/subscriptions/{sub['id']}").json()["status"] == "active"
+
+    real = run_portal(app, clock, dry_run=False)
+    # Repaired in the run's first phase (periods ending soon), the subscription is no longer
+    # urgent and the second phase looks at it again: renewal is overdue too.
+    assert [(d["kind"], d["repaired"]) for d in real["discrepancies"]] == [
+        ("status", True), ("missing_here", False)]
+    after = app.client.get(f"/v1/subscriptions/{sub['id']}").json()
+    assert (after["status"], after["entitled"]) == ("expired", False)
+
+    overdue = run_portal(app, clock, dry_run=False)
+    [finding] = overdue["discrepancies"]
+    assert (finding["subscription_id"], finding["kind"], finding["repaired"]) == (
+        sub["id"], "missing_here", False)
+    assert "renewal due 2026-11-02T12:00:00Z" in finding["store"]
+    assert app.client.get(f"/v1/subscriptions/{untouched['id']}").json()["status"] == "active"
+
+    renewed = app.client.patch(f"/v1/portal/subscriptions/{sub['id']}",
+                               json={"expires_at": "2026-12-04T12:00:00Z"})
+    assert renewed.status_code == 200, renewed.text
+    assert renewed.json()["status"] == "active"  # the portal's write wins over the repair
+    assert run_portal(app, clock, dry_run=True)["discrepancies"] == []
+
+
+def ages(app: RunningApp) -> dict[str, float]:
+    text = app.client.get("/metrics").text
+    return {channel: float(value) for channel, value in re.findall(
+        r'^reconcile_reconciliation_age_seconds\{channel="(\w+)"\} (\S+)$', text, re.M)}
+
+
+def test_one_channels_runs_never_hide_anothers_failures(
+    recon_app: RunningApp, apple_ca: AppleTestCA, fake_appstore: FakeAppStore, clock: FakeClock
+) -> None:
+    """The age metric is per channel: after a complete run, a failing Apple run and a fine
+    portal run move only the portal's age; narrowed runs move nothing."""
+    subscribe(recon_app, apple_ca, "7901")
+    store_has(fake_appstore, "7901")
+    assert reconcile(recon_app)["status"] == "done"
+    clock.advance(minutes=10)
+    assert ages(recon_app) == {"apple": 600.0, "portal": 600.0}
+    assert reconcile(recon_app, store_id="7901", dry_run=True)["status"] == "done"
+    fake_appstore.fail_next("/inApps/v1/", 401, times=20)
+    assert reconcile(recon_app)["status"] == "failed"
+    assert reconcile(recon_app, channel="portal")["status"] == "done"
+    clock.advance(minutes=1)
+    assert ages(recon_app) == {"apple": 660.0, "portal": 60.0}
