@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from reconcile.catalog.file import Catalog
+from reconcile.credits.metrics import CreditsCollector
 from reconcile.models import (
     Acknowledgement,
     Discrepancy,
@@ -46,6 +47,7 @@ class Metrics:
         self.registry.register(_DatabaseCollector(sessions, clock, unacknowledged_age_hours))
         if catalog is not None and catalog.products:
             self.registry.register(_UnknownProducts(sessions, catalog))
+        self.registry.register(CreditsCollector(sessions))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

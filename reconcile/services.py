@@ -113,7 +113,7 @@ def build_services(
             consumables=[*settings.google_consumable_products, *catalog.credit_products],
             concurrency=settings.google_read_concurrency,
         )
-        truth["google"] = GoogleTruth(services.play, settings.google_package_name)
+        truth["google"] = GoogleTruth(services.play, settings.google_package_name, catalog)
     services.jobs.append(
         InboxJob(
             sessions=sessions,
@@ -122,6 +122,7 @@ def build_services(
             batch_size=settings.worker_batch_size,
             lease=timedelta(seconds=settings.worker_lease_seconds),
             max_attempts=settings.worker_max_attempts,
+            catalog=catalog,
         )
     )
     if services.play is not None:
