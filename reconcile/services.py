@@ -23,6 +23,7 @@ from reconcile.channels.google_truth import GoogleTruth
 from reconcile.channels.portal import PortalExpiryJob
 from reconcile.config import Settings
 from reconcile.consumption import ConsumptionJob
+from reconcile.credits.check import LedgerCheck
 from reconcile.db import make_engine, make_sessionmaker
 from reconcile.metrics import Metrics
 from reconcile.outbox import GoogleCancelJob
@@ -92,6 +93,7 @@ def build_services(
     reconciler = Reconciler(
         sessions, truth, owner=owner, concurrency=settings.reconcile_concurrency,
         page_size=settings.reconcile_page_size,
+        checks=[LedgerCheck(sessions, catalog)],
     )
     services = Services(
         settings=settings, engine=engine, sessions=sessions, clock=clock, metrics=metrics,

@@ -10,7 +10,6 @@ import pytest
 from reconcile.config import Settings
 from reconcile.services import build_services
 from tests.conftest import ADMIN_TOKEN
-
 from tests.fakes.appstore import FakeAppStore
 from tests.support.apple_ca import AppleTestCA
 from tests.support.apple_payloads import sign_notification
