@@ -144,8 +144,10 @@ def test_usage_is_counted_first_in_first_out(
     """Debits use the oldest pack first: after 150 credits of two 100-credit packs the first is
     used up (100000) and the second half used (50000); a pack with no grant gets none."""
     consent(credits_app)
-    first = {"otx": "7000000000000901", "product": CREDITS, "tx_type": "Consumable"}
-    second = {"otx": "7000000000000902", "product": CREDITS, "tx_type": "Consumable"}
+    first: dict[str, Any] = {"otx": "7000000000000901", "product": CREDITS,
+                             "tx_type": "Consumable"}
+    second: dict[str, Any] = {"otx": "7000000000000902", "product": CREDITS,
+                              "tx_type": "Consumable"}
     post_apple(credits_app, apple_ca,
                apple_note(1, "ONE_TIME_CHARGE", account=ACCOUNT, **first),
                apple_note(2, "ONE_TIME_CHARGE", account=ACCOUNT, **second))

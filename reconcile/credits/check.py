@@ -78,6 +78,9 @@ class LedgerCheck:
         return Finding(kind="credits", channel=purchase.channel, store_id=purchase.store_id,
                        subscription_id=None, here=here, store=store)
 
+    def complete(self, session: Session, window: Mapping[str, Any], now: datetime) -> None:
+        """Nothing to remember: every run checks every credit purchase again."""
+
     def _problems(self, session: Session, purchase: Purchase) -> list[tuple[str, str]]:
         """(what the ledger holds, what the store transactions call for) per mismatch."""
         per_unit = self.catalog.credits(purchase.product_id) or 0
