@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterator
+from itertools import pairwise
 from typing import Any
 
 import httpx
@@ -62,7 +63,7 @@ def ledger(app: RunningApp, account: str = ACCOUNT) -> tuple[dict[str, Any], lis
         if cursor is None:
             break
     assert totals["balance"] == sum(item["amount"] for item in items)
-    for newer, older in zip(items, items[1:], strict=False):
+    for newer, older in pairwise(items):
         assert newer["balance_after"] - newer["amount"] == older["balance_after"]
     return totals, items
 
