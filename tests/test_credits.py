@@ -11,7 +11,11 @@ import httpx
 import pytest
 
 from reconcile.config import Settings
+from reconcile.db import transaction
+from reconcile.outcomes import PurchaseSeen, RefundSeen
 from reconcile.services import build_services
+from reconcile.state import Channel, Stamp
+from reconcile.store_records import record_purchase, record_refund
 from tests.conftest import ADMIN_TOKEN
 from tests.fakes.play import FakePlay, product_purchase
 from tests.support.apple_ca import AppleTestCA
@@ -304,3 +308,36 @@ def test_clock_is_the_services(shop: RunningApp, clock: FakeClock) -> None:
         "account_id": ACCOUNT, "product_id": PACK_100, "reference": "web-2"})
     [grant] = ledger(shop)[1]
     assert grant["created_at"] == "2026-11-05T08:30:00Z"
+
+
+def test_reconciliation_finds_and_repairs_missing_grants_and_clawbacks(
+    shop: RunningApp, clock: FakeClock
+) -> None:
+    """A credit purchase stored without its grant and a refund stored without its clawback (as
+    before the ledger existed) are reported as `credits` in a dry run, repaired in a real run,
+    and not reported again."""
+    with transaction(shop.services.sessions) as session:
+        record_purchase(session, PurchaseSeen(
+            channel=Channel.PORTAL, store_id="web-old", environment="production",
+            product_id=PACK_100, kind="consumable", stamp=Stamp(clock.now, "a"),
+            account_id=ACCOUNT), clock.now)
+        record_purchase(session, PurchaseSeen(
+            channel=Channel.APPLE, store_id="7100000000000009", environment="production",
+            product_id=PACK_500, kind="consumable", stamp=Stamp(clock.now, "b"),
+            account_id=ACCOUNT), clock.now, shop.services.catalog)
+        record_refund(session, RefundSeen(
+            channel=Channel.APPLE, refund_key="7100000000000009", store_id="7100000000000009",
+            refunded_at=clock.now, stamp=Stamp(clock.now, "c"),
+            purchase_store_id="7100000000000009"), clock.now, None)
+    assert ledger(shop)[0]["balance"] == 500
+    dry = reconcile(shop, dry_run=True)["discrepancies"]
+    assert sorted((d["kind"], d["store_id"], d["here"], d["repaired"]) for d in dry) == [
+        ("credits", "7100000000000009", "no clawback", False),
+        ("credits", "web-old", "no grant", False)]
+    assert ledger(shop)[0]["balance"] == 500
+    real = reconcile(shop)["discrepancies"]
+    assert sorted((d["store_id"], d["repaired"]) for d in real) == [
+        ("7100000000000009", True), ("web-old", True)]
+    totals, _ = ledger(shop)
+    assert (totals["balance"], totals["granted"], totals["clawed_back"]) == (100, 600, 500)
+    assert reconcile(shop)["discrepancies"] == []
