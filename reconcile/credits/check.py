@@ -24,6 +24,7 @@ from reconcile.credits.service import (
     grant_purchase,
     held,
     refunds_of,
+    source_of,
 )
 from reconcile.models import Purchase
 from reconcile.reconciliation.sources import Filters, Finding, SweepPage
@@ -86,7 +87,7 @@ class LedgerCheck:
         per_unit = self.catalog.credits(purchase.product_id) or 0
         grants = session.scalar(
             select(func.count()).select_from(CreditEntry).where(
-                CreditEntry.purchase_id == purchase.id,
+                CreditEntry.source == source_of(purchase),
                 CreditEntry.idempotency_key == grant_key(purchase))
         ) or 0
         problems: list[tuple[str, str]] = []
@@ -104,7 +105,7 @@ class LedgerCheck:
                 continue
             clawed = session.scalar(
                 select(func.count()).select_from(CreditEntry).where(
-                    CreditEntry.purchase_id == purchase.id,
+                    CreditEntry.source == source_of(purchase),
                     CreditEntry.idempotency_key == clawback_key(refund))
             ) or 0
             if clawed == 0 and (holding > 0 or grants == 0):

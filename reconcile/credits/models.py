@@ -38,7 +38,7 @@ class CreditEntry(Base):
         # arrival of the same cause (a redelivery, a retried debit) cannot append twice.
         UniqueConstraint("account_id", "idempotency_key", name="uq_credit_entries_key"),
         Index("ix_credit_entries_account", "account_id", "id"),
-        Index("ix_credit_entries_purchase", "purchase_id"),
+        Index("ix_credit_entries_source", "source"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -49,8 +49,9 @@ class CreditEntry(Base):
     channel: Mapped[str | None] = mapped_column(String(16))
     reference: Mapped[str | None] = mapped_column(String(600))
     idempotency_key: Mapped[str | None] = mapped_column(String(700))
-    # The purchase whose credits a grant or clawback moves (None for debits, adjustments).
-    purchase_id: Mapped[str | None] = mapped_column(String(40))
+    # The store transaction ("channel:store id") whose credits a grant or clawback moves (None
+    # for debits and adjustments).
+    source: Mapped[str | None] = mapped_column(String(600))
     note: Mapped[str | None] = mapped_column(Text)
     actor: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime]

@@ -103,7 +103,7 @@ def append(
     channel: str | None = None,
     reference: str | None = None,
     key: str | None = None,
-    purchase_id: str | None = None,
+    source: str | None = None,
     note: str | None = None,
     actor: str | None = None,
     covered: bool = False,
@@ -133,7 +133,7 @@ def append(
         return None
     entry = CreditEntry(
         account_id=account_id, kind=kind, amount=amount, balance_after=balance_after,
-        channel=channel, reference=reference, idempotency_key=key, purchase_id=purchase_id,
+        channel=channel, reference=reference, idempotency_key=key, source=source,
         note=note, actor=actor, created_at=now,
     )
     session.add(entry)
@@ -219,8 +219,14 @@ def adjust(
 # Store transactions: grants and clawbacks
 
 
+def source_of(purchase: Purchase) -> str:
+    """The store transaction a purchase's entries name: the same after the purchases table is
+    rebuilt from the inbox (purchase ids are not)."""
+    return f"{purchase.channel}:{purchase.store_id}"
+
+
 def grant_key(purchase: Purchase) -> str:
-    return f"grant:{purchase.channel}:{purchase.store_id}"
+    return f"grant:{source_of(purchase)}"
 
 
 def clawback_key(refund: Refund) -> str:
@@ -229,7 +235,7 @@ def clawback_key(refund: Refund) -> str:
 
 def _has(session: Session, purchase: Purchase, key: str) -> bool:
     return session.scalars(
-        select(CreditEntry.id).where(CreditEntry.purchase_id == purchase.id,
+        select(CreditEntry.id).where(CreditEntry.source == source_of(purchase),
                                      CreditEntry.idempotency_key == key)
     ).first() is not None
 
@@ -237,7 +243,7 @@ def _has(session: Session, purchase: Purchase, key: str) -> bool:
 def granted_for(session: Session, purchase: Purchase) -> int:
     """Credits the purchase's own grant gave (0 when none was made)."""
     return session.scalar(
-        select(CreditEntry.amount).where(CreditEntry.purchase_id == purchase.id,
+        select(CreditEntry.amount).where(CreditEntry.source == source_of(purchase),
                                          CreditEntry.idempotency_key == grant_key(purchase))
     ) or 0
 
@@ -246,7 +252,7 @@ def held(session: Session, purchase: Purchase) -> dict[str, int]:
     """Credits of `purchase` each account holds now (grants less clawbacks and moves)."""
     return dict(session.execute(  # type: ignore[arg-type]
         select(CreditEntry.account_id, func.sum(CreditEntry.amount))
-        .where(CreditEntry.purchase_id == purchase.id)
+        .where(CreditEntry.source == source_of(purchase))
         .group_by(CreditEntry.account_id)
     ).all())
 
@@ -265,7 +271,7 @@ def grant_purchase(
     quantity = max(1, purchase.quantity or 1)
     return append(session, account_id=purchase.account_id, kind="grant",
                   amount=per_unit * quantity, now=now, channel=purchase.channel,
-                  reference=purchase.store_id, key=key, purchase_id=purchase.id,
+                  reference=purchase.store_id, key=key, source=source_of(purchase),
                   note=f"{quantity} x {purchase.product_id}")
 
 
@@ -293,7 +299,7 @@ def claw_back(
     what = f"{refund.quantity} of {purchase.quantity}" if refund.partial else "all"
     return append(session, account_id=account_id, kind="clawback", amount=-amount, now=now,
                   channel=refund.channel, reference=refund.store_id, key=key,
-                  purchase_id=purchase.id, note=f"store refund ({what} x {purchase.product_id})")
+                  source=source_of(purchase), note=f"store refund ({what} x {purchase.product_id})")
 
 
 def settle_purchase(
@@ -338,11 +344,11 @@ def move_grant(
     transfer = transfer_id or new_id("xfer")
     out = append(session, account_id=from_account, kind="clawback", amount=-amount, now=now,
                  channel=purchase.channel, reference=transfer, key=f"move-out:{transfer}",
-                 purchase_id=purchase.id,
+                 source=source_of(purchase),
                  note=f"purchase {purchase.store_id} transferred to {to_account}")
     into = append(session, account_id=to_account, kind="grant", amount=amount, now=now,
                   channel=purchase.channel, reference=transfer, key=f"move-in:{transfer}",
-                  purchase_id=purchase.id,
+                  source=source_of(purchase),
                   note=f"purchase {purchase.store_id} transferred from {from_account}")
     assert out is not None
     assert into is not None

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from reconcile.credits.models import CreditEntry
-from reconcile.credits.service import grant_key
+from reconcile.credits.service import grant_key, source_of
 from reconcile.models import Purchase
 
 # Apple's consumptionPercentage is in milliunits: 100% = 100000.
@@ -23,7 +23,7 @@ WHOLE = 100_000
 
 @dataclass
 class _Lot:
-    purchase_id: str | None
+    source: str | None
     size: int
     left: int
     own: bool  # the pack's original grant (not a transfer's)
@@ -33,27 +33,28 @@ def used_share(session: Session, purchase: Purchase) -> int | None:
     """Milliunits of the purchase's credits already used; None when it granted no credits."""
     key = grant_key(purchase)
     granted = session.scalars(
-        select(CreditEntry).where(CreditEntry.purchase_id == purchase.id,
+        select(CreditEntry).where(CreditEntry.source == source_of(purchase),
                                   CreditEntry.idempotency_key == key)
     ).first()
     if granted is None or granted.amount <= 0:
         return None
     lots: list[_Lot] = []
     rows = session.execute(
-        select(CreditEntry.kind, CreditEntry.amount, CreditEntry.purchase_id,
+        select(CreditEntry.kind, CreditEntry.amount, CreditEntry.source,
                CreditEntry.idempotency_key)
         .where(CreditEntry.account_id == granted.account_id)
         .order_by(CreditEntry.id)
         .execution_options(yield_per=1000)
     )
-    for kind, amount, purchase_id, entry_key in rows:
+    for kind, amount, source, entry_key in rows:
         if amount > 0:
-            lots.append(_Lot(purchase_id, amount, amount, own=entry_key == key))
-        elif kind == "clawback" and purchase_id is not None:
-            _remove(lots, purchase_id, -amount)
+            lots.append(_Lot(source, amount, amount, own=entry_key == key))
+        elif kind == "clawback" and source is not None:
+            _remove(lots, source, -amount)
         else:
             _use(lots, -amount)
-    used = sum(lot.size - lot.left for lot in lots if lot.purchase_id == purchase.id and lot.own)
+    pack = source_of(purchase)
+    used = sum(lot.size - lot.left for lot in lots if lot.source == pack and lot.own)
     return min(WHOLE, max(0, used * WHOLE // granted.amount))
 
 
@@ -66,13 +67,13 @@ def _use(lots: list[_Lot], amount: int) -> None:
         amount -= taken
 
 
-def _remove(lots: list[_Lot], purchase_id: str, amount: int) -> None:
+def _remove(lots: list[_Lot], source: str, amount: int) -> None:
     """A clawback takes back the pack's unused credits; they were never used, so they are
     neither used nor available afterwards (the lot shrinks)."""
     for lot in reversed(lots):
         if amount <= 0:
             return
-        if lot.purchase_id == purchase_id:
+        if lot.source == source:
             taken = min(lot.left, amount)
             lot.left -= taken
             lot.size -= taken

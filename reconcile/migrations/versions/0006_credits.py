@@ -34,7 +34,7 @@ def upgrade() -> None:
     sa.Column('channel', sa.String(length=16), nullable=True),
     sa.Column('reference', sa.String(length=600), nullable=True),
     sa.Column('idempotency_key', sa.String(length=700), nullable=True),
-    sa.Column('purchase_id', sa.String(length=40), nullable=True),
+    sa.Column('source', sa.String(length=600), nullable=True),
     sa.Column('note', sa.Text(), nullable=True),
     sa.Column('actor', sa.String(length=128), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
@@ -43,7 +43,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('credit_entries', schema=None) as batch_op:
         batch_op.create_index('ix_credit_entries_account', ['account_id', 'id'], unique=False)
-        batch_op.create_index('ix_credit_entries_purchase', ['purchase_id'], unique=False)
+        batch_op.create_index('ix_credit_entries_source', ['source'], unique=False)
     with op.batch_alter_table('refunds', schema=None) as batch_op:
         batch_op.add_column(sa.Column('partial', sa.Boolean(), server_default=sa.false(),
                                       nullable=False))
@@ -55,7 +55,7 @@ def downgrade() -> None:
         batch_op.drop_column('quantity')
         batch_op.drop_column('partial')
     with op.batch_alter_table('credit_entries', schema=None) as batch_op:
-        batch_op.drop_index('ix_credit_entries_purchase')
+        batch_op.drop_index('ix_credit_entries_source')
         batch_op.drop_index('ix_credit_entries_account')
     op.drop_table('credit_entries')
     op.drop_table('credit_balances')
