@@ -115,7 +115,9 @@ def build_services(
             consumables=[*settings.google_consumable_products, *catalog.credit_products],
             concurrency=settings.google_read_concurrency,
         )
-        truth["google"] = GoogleTruth(services.play, settings.google_package_name, catalog)
+        truth["google"] = GoogleTruth(
+            services.play, settings.google_package_name, catalog,
+            consumables=[*settings.google_consumable_products, *catalog.credit_products])
     services.jobs.append(
         InboxJob(
             sessions=sessions,

@@ -226,6 +226,27 @@ def test_google_pending_purchase_grants_when_purchased(
     assert (totals["balance"], grant["channel"], grant["reference"]) == (300, "google", "gtok-1")
 
 
+def test_reconciliation_grants_a_pending_purchase_completed_without_notice(
+    shop: RunningApp, pusher: Pusher, fake_play: FakePlay, clock: FakeClock
+) -> None:
+    """A purchase pending here that Play now shows purchased (its notification lost) is
+    reported by a dry run and, in a real run, stored as purchased and granted once."""
+    google_pack(fake_play, "gtok-4", state=2)
+    pusher.push(one_time_notification("gtok-4", "credits_100", 1, clock.now))
+    shop.drain()
+    google_pack(fake_play, "gtok-4", state=0)
+    clock.advance(minutes=5)
+    dry = kinds(reconcile(shop, dry_run=True))
+    assert {k: dry["status"][k] for k in ("store_id", "here", "store", "repaired")} == {
+        "store_id": "gtok-4", "here": "pending", "store": "purchased", "repaired": False}
+    assert ledger(shop)[1] == []
+    assert kinds(reconcile(shop))["status"]["repaired"] is True
+    clock.advance(minutes=5)
+    assert kinds(reconcile(shop)) == {}
+    totals, [grant] = ledger(shop)
+    assert (totals["balance"], grant["reference"]) == (100, "gtok-4")
+
+
 def test_google_voided_purchase_claws_back_once(
     shop: RunningApp, pusher: Pusher, fake_play: FakePlay, clock: FakeClock
 ) -> None:

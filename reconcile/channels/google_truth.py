@@ -8,7 +8,7 @@ one we never heard of is recorded through `ingest` like a voided-purchase notifi
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from reconcile.catalog.file import Catalog
 from reconcile.chains import find_subscription
 from reconcile.channels import google_normalise as gn
+from reconcile.channels.google_pending import GooglePending
 from reconcile.channels.google_play import PlayClient, PlayPermanentError, PlayUnavailable
 from reconcile.ingest import ingest
 from reconcile.models import Refund
@@ -49,10 +50,14 @@ class GoogleTruth:
 
     channel = "google"
 
-    def __init__(self, play: PlayClient, package_name: str, catalog: Catalog = NO_CATALOG) -> None:
+    def __init__(
+        self, play: PlayClient, package_name: str, catalog: Catalog = NO_CATALOG,
+        consumables: Collection[str] = (),
+    ) -> None:
         self.play = play
         self.package_name = package_name
         self.catalog = catalog
+        self.consumables = frozenset(consumables)
 
     def fetch(self, target: Target, now: datetime) -> Fetched:
         try:
@@ -79,7 +84,7 @@ class GoogleTruth:
         return Fetched(target, outcome=outcome)
 
     def sweeps(self) -> Sequence[Sweep]:
-        return [GoogleVoided(self)]
+        return [GoogleVoided(self), GooglePending(self)]
 
 
 @dataclass(frozen=True)
