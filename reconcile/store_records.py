@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from reconcile.catalog.file import Catalog
 from reconcile.chains import find_subscription
-from reconcile.credits.service import claw_back, settle_purchase
+from reconcile.credits.grants import claw_back, settle_purchase
 from reconcile.ids import new_id
 from reconcile.models import Account, Acknowledgement, OutboxEntry, Purchase, Refund, Subscription
 from reconcile.outcomes import (

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from reconcile.catalog.file import load_catalog
-from reconcile.credits import service
+from reconcile.credits import grants, service
 from reconcile.credits.models import CreditEntry
 from reconcile.db import make_engine, make_sessionmaker, transaction
 from reconcile.outcomes import PurchaseSeen, RefundSeen
@@ -54,7 +54,7 @@ def test_move_grant_moves_what_the_purchase_granted(sessions: sessionmaker[Sessi
         purchase_id = bought(session, "7200000000000001", "acct-old")
         service.debit(session, "acct-old", 30, "k1", None, NOW)
     with transaction(sessions) as session:
-        moved = service.move_grant(session, purchase_id_or_reference="7200000000000001",
+        moved = grants.move_grant(session, purchase_id_or_reference="7200000000000001",
                                    from_account="acct-old", to_account="acct-new",
                                    now=NOW + timedelta(hours=1), transfer_id="xfer_1")
         assert moved is not None
@@ -63,7 +63,7 @@ def test_move_grant_moves_what_the_purchase_granted(sessions: sessionmaker[Sessi
             "clawback", -500, "xfer_1", -30)
         assert (into.kind, into.amount, into.reference, into.balance_after) == (
             "grant", 500, "xfer_1", 500)
-        assert service.move_grant(session, purchase_id_or_reference=purchase_id,
+        assert grants.move_grant(session, purchase_id_or_reference=purchase_id,
                                   from_account="acct-old", to_account="acct-new",
                                   now=NOW) is None
     with transaction(sessions) as session:
@@ -78,8 +78,8 @@ def test_move_grant_moves_what_the_purchase_granted(sessions: sessionmaker[Sessi
 
 def test_move_grant_of_an_unknown_purchase_is_refused(sessions: sessionmaker[Session]) -> None:
     """A transfer naming no stored purchase raises UnknownPurchase and appends nothing."""
-    with transaction(sessions) as session, pytest.raises(service.UnknownPurchase):
-        service.move_grant(session, purchase_id_or_reference="nope", from_account="a",
+    with transaction(sessions) as session, pytest.raises(grants.UnknownPurchase):
+        grants.move_grant(session, purchase_id_or_reference="nope", from_account="a",
                            to_account="b", now=NOW)
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(CreditEntry)) == 0

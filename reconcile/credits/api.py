@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from reconcile.accounts import known_account
 from reconcile.api.deps import NowDep, ServicesDep, SessionDep
-from reconcile.credits import service
+from reconcile.credits import grants, service
 from reconcile.errors import Invalid
 from reconcile.models import Purchase
 from reconcile.outcomes import PurchaseSeen
@@ -145,4 +145,4 @@ def portal_purchase(body: PortalPurchaseBody, session: SessionDep, services: Ser
 
 def _answer(session: SessionDep, row: Purchase) -> dict[str, Any]:
     return {**purchase_json(row, is_blocked(session, row.account_id)),
-            "credits_granted": service.granted_for(session, row)}
+            "credits_granted": grants.granted_for(session, row)}

@@ -16,8 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from reconcile.catalog.file import Catalog
-from reconcile.credits.models import CreditEntry
-from reconcile.credits.service import (
+from reconcile.credits.grants import (
     claw_back,
     clawback_key,
     grant_key,
@@ -26,6 +25,7 @@ from reconcile.credits.service import (
     refunds_of,
     source_of,
 )
+from reconcile.credits.models import CreditEntry
 from reconcile.models import Purchase
 from reconcile.reconciliation.sources import Filters, Finding, SweepPage
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from reconcile.credits.grants import grant_key, source_of
 from reconcile.credits.models import CreditEntry
-from reconcile.credits.service import grant_key, source_of
 from reconcile.models import Purchase
 
 # Apple's consumptionPercentage is in milliunits: 100% = 100000.
