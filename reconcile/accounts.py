@@ -1,5 +1,5 @@
-"""Account-wide policy: acceptable-use blocks, port-out, consent to share consumption data, and
-the usage-credit counts behind Apple's consumption percentage. Nothing here refunds anything.
+"""Account-wide policy: acceptable-use blocks, port-out, consent to share consumption data.
+Nothing here refunds anything (credits are the ledger's, `reconcile.credits`).
 
 A block ends access at once (every subscription's and purchase's `entitled` reads the block,
 see `reconcile.views`) and stops renewal on every channel; unblocking restores access to what
@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from reconcile.cancellation import Canceller, Reason, cancel_all
-from reconcile.errors import Invalid, UnknownAccount
+from reconcile.errors import UnknownAccount
 from reconcile.models import Account, Purchase, Subscription
 from reconcile.store_records import ensure_account
 
@@ -97,25 +97,3 @@ def set_consent(session: Session, account_id: str, consented: bool, now: datetim
         account.consumption_consent = consented
         account.consent_updated_at = now
         account.updated_at = now
-
-
-def set_usage(
-    session: Session,
-    account_id: str,
-    *,
-    credits_purchased: int | None,
-    credits_used: int | None,
-    now: datetime,
-) -> None:
-    """Record the usage-credit totals (absolute, not increments) the app's ledger reports."""
-    account = ensure_account(session, account_id, now)
-    purchased = account.credits_purchased if credits_purchased is None else credits_purchased
-    used = account.credits_used if credits_used is None else credits_used
-    if used > purchased:
-        raise Invalid(
-            f"credits_used ({used}) cannot exceed credits_purchased ({purchased})",
-            account_id=account_id,
-        )
-    account.credits_purchased = purchased
-    account.credits_used = used
-    account.updated_at = now

@@ -28,6 +28,7 @@ from reconcile.api.deps import require_admin, require_app
 from reconcile.api.input_checks import storable_input, unstorable, validation_error
 from reconcile.api.responses import document_admin_refusals
 from reconcile.catalog import api as catalog_api
+from reconcile.credits import api as credits_api
 from reconcile.errors import DomainError
 from reconcile.outage import is_unavailable
 from reconcile.purchases import api as purchases_api
@@ -72,6 +73,8 @@ def create_app(services: Services, *, run_worker: bool = True) -> FastAPI:
     app.include_router(portal.router, dependencies=admin)
     app.include_router(reconciliations.router, dependencies=admin)
     app.include_router(acknowledgements.router, dependencies=admin)
+    app.include_router(credits_api.router, dependencies=app_token)
+    app.include_router(credits_api.admin_router, dependencies=admin)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -5,7 +5,7 @@
 account's consent to share consumption data it sends nothing (Apple refuses anything but
 `customerConsented` true) and records why as state `skipped`. The answer is the same every
 time: delivered, no free sample, refund preference DECLINE, and a consumption percentage only
-where real usage is known: consumables (usage credits), from the credits the account used.
+where real usage is known: a credit pack, from the credits ledger (`reconcile.credits.usage`).
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ from typing import Any
 from appstoreserverlibrary.models.ConsumptionRequest import ConsumptionRequest
 from appstoreserverlibrary.models.DeliveryStatus import DeliveryStatus
 from appstoreserverlibrary.models.RefundPreference import RefundPreference
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from reconcile.channels.apple_api import AppleApiError, AppStoreApi
+from reconcile.credits.usage import used_share
 from reconcile.db import transaction
-from reconcile.models import Account, OutboxEntry, Refund
+from reconcile.models import Account, OutboxEntry, Purchase, Refund
 from reconcile.outbox import claim, retry_or_fail, settle
 
 log = logging.getLogger(__name__)
@@ -35,15 +36,19 @@ NO_API = "no App Store Server API key is configured (RECONCILE_APPLE_KEY_ID and 
 TOO_LATE = "the 12-hour answer deadline passed before an answer could be sent"
 
 
-def consumption_percentage(account: Account, product_type: str | None) -> int | None:
-    """Milliunits of the purchase consumed, only where it is really known (credits)."""
-    if product_type != CONSUMABLE or account.credits_purchased <= 0:
+def consumption_percentage(session: Session, transaction_id: str,
+                           product_type: str | None) -> int | None:
+    """Milliunits of the purchase consumed, only where it is really known: a credit pack's
+    credits already used, first in first out, from the ledger."""
+    if product_type != CONSUMABLE:
         return None
-    used = max(0, min(account.credits_used, account.credits_purchased))
-    return used * 100_000 // account.credits_purchased
+    purchase = session.scalars(
+        select(Purchase).where(Purchase.channel == "apple", Purchase.store_id == transaction_id)
+    ).first()
+    return None if purchase is None else used_share(session, purchase)
 
 
-def answer_body(account: Account, product_type: str | None) -> dict[str, Any]:
+def answer_body(percentage: int | None) -> dict[str, Any]:
     """The one answer the policy gives, as the JSON Apple receives."""
     body: dict[str, Any] = {
         "customerConsented": True,
@@ -51,7 +56,6 @@ def answer_body(account: Account, product_type: str | None) -> dict[str, Any]:
         "deliveryStatus": DeliveryStatus.DELIVERED.value,
         "refundPreference": RefundPreference.DECLINE.value,
     }
-    percentage = consumption_percentage(account, product_type)
     if percentage is not None:
         body["consumptionPercentage"] = percentage
     return body
@@ -113,8 +117,8 @@ class ConsumptionJob:
         if why is not None or account is None:
             settle(row, "skipped", now, why)
             return None
-        body: dict[str, Any] = row.payload.get("answer") or answer_body(
-            account, row.payload.get("product_type"))
+        body: dict[str, Any] = row.payload.get("answer") or answer_body(consumption_percentage(
+            session, row.store_id or "", row.payload.get("product_type")))
         # Kept with the entry, so a retry sends exactly what the first attempt did.
         row.payload = {**row.payload, "answer": body}
         return body

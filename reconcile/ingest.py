@@ -14,6 +14,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from reconcile.catalog.file import Catalog
 from reconcile.chains import absorb, continued_by_account, find_subscription
 from reconcile.ids import new_id
 from reconcile.models import (
@@ -38,6 +39,7 @@ from reconcile.state import (
     link_stamp,
 )
 from reconcile.store_records import (
+    NO_CATALOG,
     ensure_account,
     queue_consumption_answer,
     record_purchase,
@@ -62,17 +64,19 @@ def ingest(
     source: str,
     now: datetime,
     inbox_id: int | None = None,
+    catalog: Catalog = NO_CATALOG,
 ) -> Applied:
-    """Record everything `outcome` says; the subscription merge is field-wise newest-wins."""
+    """Record everything `outcome` says; the subscription merge is field-wise newest-wins.
+    `catalog` says which purchases are credit packs (their credits are granted here)."""
     applied = Applied(None, False)
     if outcome.subscription is not None:
         applied = apply_observation(
             session, outcome.subscription, source=source, now=now, inbox_id=inbox_id
         )
     if outcome.purchase is not None:
-        record_purchase(session, outcome.purchase, now)
+        record_purchase(session, outcome.purchase, now, catalog)
     if outcome.refund is not None:
-        record_refund(session, outcome.refund, now, applied.subscription_id)
+        record_refund(session, outcome.refund, now, applied.subscription_id, catalog)
     if outcome.consumption_request is not None:
         queue_consumption_answer(session, outcome.consumption_request, now)
     if outcome.refund_declined is not None:

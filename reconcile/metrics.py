@@ -23,6 +23,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from reconcile.catalog.file import Catalog
+from reconcile.credits.metrics import CreditsCollector
 from reconcile.models import (
     Acknowledgement,
     Cursor,
@@ -63,6 +64,7 @@ class Metrics:
                                                   database or DatabaseWatch()))
         if catalog is not None and catalog.products:
             self.registry.register(_UnknownProducts(sessions, catalog))
+        self.registry.register(CreditsCollector(sessions))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

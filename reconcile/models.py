@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -196,6 +197,9 @@ class Refund(Base):
     reversed_at: Mapped[datetime | None]
     consumption_answer_sent: Mapped[bool] = mapped_column(Boolean, default=False)
     recorded_at: Mapped[datetime]
+    # A quantity-based partial refund (Google): `quantity` units, None while not yet known.
+    partial: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    quantity: Mapped[int | None] = mapped_column(Integer)
 
 
 class Account(Base):
@@ -308,3 +312,7 @@ class Cursor(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime]
+
+
+# Tables owned by domain folders, imported here so that Base.metadata holds them all.
+from reconcile.credits.models import CreditBalance, CreditEntry  # noqa: E402, F401

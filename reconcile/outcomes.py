@@ -45,6 +45,10 @@ class RefundSeen:
     subscription_store_id: str | None = None
     purchase_store_id: str | None = None
     reversed: bool = False
+    # A quantity-based partial refund (Google): the purchase stands, `quantity` units refunded
+    # (None when the report does not say how many).
+    partial: bool = False
+    quantity: int | None = None
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from reconcile.channels.portal import PortalExpiryJob
 from reconcile.channels.portal_truth import PortalTruth
 from reconcile.config import Settings
 from reconcile.consumption import ConsumptionJob
+from reconcile.credits.check import LedgerCheck
 from reconcile.db import make_engine, make_read_engine, make_sessionmaker
 from reconcile.metrics import Metrics
 from reconcile.outage import DatabaseWatch
@@ -103,6 +104,7 @@ def build_services(
     reconciler = Reconciler(
         sessions, truth, owner=owner, concurrency=settings.reconcile_concurrency,
         page_size=settings.reconcile_page_size,
+        checks=[LedgerCheck(sessions, catalog)],
     )
     services = Services(
         settings=settings, engine=engine, sessions=sessions, clock=clock, metrics=metrics,
@@ -124,7 +126,9 @@ def build_services(
             consumables=[*settings.google_consumable_products, *catalog.credit_products],
             concurrency=settings.google_read_concurrency,
         )
-        truth["google"] = GoogleTruth(services.play, settings.google_package_name)
+        truth["google"] = GoogleTruth(
+            services.play, settings.google_package_name, catalog,
+            consumables=[*settings.google_consumable_products, *catalog.credit_products])
     services.jobs.append(
         InboxJob(
             sessions=sessions,
@@ -133,6 +137,7 @@ def build_services(
             batch_size=settings.worker_batch_size,
             lease=timedelta(seconds=settings.worker_lease_seconds),
             max_attempts=settings.worker_max_attempts,
+            catalog=catalog,
         )
     )
     if services.play is not None:

@@ -11,7 +11,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from reconcile.catalog.file import Catalog
 from reconcile.chains import find_subscription
+from reconcile.credits.grants import claw_back, move_grant, settle_purchase
 from reconcile.ids import new_id
 from reconcile.models import Account, Acknowledgement, OutboxEntry, Purchase, Refund, Subscription
 from reconcile.outcomes import (
@@ -25,6 +27,7 @@ from reconcile.state import Stamp
 
 # Apple wants a consumption answer within 12 hours of the request.
 CONSUMPTION_DEADLINE = timedelta(hours=12)
+NO_CATALOG = Catalog()
 
 
 def ensure_account(session: Session, account_id: str, now: datetime) -> Account:
@@ -37,7 +40,11 @@ def ensure_account(session: Session, account_id: str, now: datetime) -> Account:
     return account
 
 
-def record_purchase(session: Session, seen: PurchaseSeen, now: datetime) -> Purchase:
+def record_purchase(
+    session: Session, seen: PurchaseSeen, now: datetime, catalog: Catalog = NO_CATALOG
+) -> Purchase:
+    """Store or update a one-time purchase; a credit pack's credits are granted here, in the
+    same transaction, once it is confirmed and its account known."""
     row = session.scalars(
         select(Purchase).where(Purchase.channel == seen.channel.value,
                                Purchase.store_id == seen.store_id)
@@ -68,12 +75,18 @@ def record_purchase(session: Session, seen: PurchaseSeen, now: datetime) -> Purc
         require_acknowledgement(session, AcknowledgementDue(seen.store_id, seen.product_id, kind),
                                 now)
     session.flush()
+    settle_purchase(session, row, catalog, now)
     return row
 
 
 def record_refund(
-    session: Session, seen: RefundSeen, now: datetime, subscription_id: str | None
+    session: Session,
+    seen: RefundSeen,
+    now: datetime,
+    subscription_id: str | None,
+    catalog: Catalog = NO_CATALOG,
 ) -> Refund:
+    """Store a refund the store made; a refunded credit pack's credits are clawed back here."""
     row = session.scalars(
         select(Refund).where(Refund.channel == seen.channel.value,
                              Refund.refund_key == seen.refund_key)
@@ -99,11 +112,15 @@ def record_refund(
             amount=seen.amount,
             currency=seen.currency, refunded_at=seen.refunded_at, recorded_at=now,
             consumption_answer_sent=_consumption_answered(session, seen.store_id),
+            partial=seen.partial, quantity=seen.quantity,
         )
         session.add(row)
+    elif row.partial and row.quantity is None and seen.quantity:
+        # Google's notification of a partial refund has no quantity; the voided list has it.
+        row.quantity = seen.quantity
     if seen.reversed:
         row.reversed_at = row.reversed_at or seen.stamp.time
-    if purchase is not None:
+    if purchase is not None and not seen.partial:
         held = purchase.clock.get("state")
         if held is None or Stamp.decode(held) < seen.stamp:
             purchase.state = "purchased" if seen.reversed else "revoked"
@@ -112,6 +129,8 @@ def record_refund(
             purchase.updated_at = now
     _settle_consumption_requests(session, seen)
     session.flush()
+    if purchase is not None:
+        claw_back(session, row, purchase, catalog, now)
     return row
 
 
@@ -171,12 +190,22 @@ def require_acknowledgement(session: Session, due: AcknowledgementDue, now: date
                                     attempts=0, next_attempt_at=now))
 
 
-def link_purchase(session: Session, row: Purchase, account_id: str, now: datetime) -> bool:
-    """The business says the one-time purchase `row` is `account_id`'s; True when it moved."""
-    if row.account_id == account_id:
+def link_purchase(
+    session: Session, row: Purchase, account_id: str, now: datetime,
+    catalog: Catalog = NO_CATALOG,
+) -> bool:
+    """The business says the one-time purchase `row` is `account_id`'s; True when it moved.
+    What it granted moves with it: credits held by the previous account go to the new one."""
+    previous = row.account_id
+    if previous == account_id:
         return False
     row.account_id = account_id
     row.updated_at = now
     ensure_account(session, account_id, now)
     session.flush()
+    if previous:
+        move_grant(session, purchase_id_or_reference=row.id, from_account=previous,
+                   to_account=account_id, now=now)
+    else:
+        settle_purchase(session, row, catalog, now)  # a grant that waited for its account
     return True

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from reconcile.catalog.file import Catalog
 from reconcile.catalog.service import grants_of
+from reconcile.credits.service import totals
 from reconcile.models import Account, OutboxEntry, Purchase, StoreId, Subscription
 from reconcile.state import Status, entitled
 
@@ -192,7 +193,7 @@ def account_document(
     *,
     environment: str | None = None,
 ) -> dict[str, Any] | None:
-    """An account's entitlements, block, consent, usage, subscriptions and purchases (only
+    """An account's entitlements, block, consent, credits, subscriptions and purchases (only
     those of `environment` when given); None when the service knows nothing of it."""
     subs_query = select(Subscription).where(Subscription.account_id == account_id)
     purchases_query = select(Purchase).where(Purchase.account_id == account_id)
@@ -215,13 +216,11 @@ def account_document(
         "blocked": None if row is None or row.blocked_at is None
         else {"at": iso(row.blocked_at), "reason": row.block_reason},
         "consumption_data_consent": bool(row and row.consumption_consent),
-        "usage": {"credits_purchased": row.credits_purchased if row else 0,
-                  "credits_used": row.credits_used if row else 0},
         "subscriptions": items,
         "purchases": purchase_items,
         "entitlements": [
             grant.json()
             for grant in grants_of(catalog, subs, purchases, blocked=blocked, now=now)
         ],
-        "credits": {"balance": 0},
+        "credits": {"balance": totals(session, account_id).balance},
     }

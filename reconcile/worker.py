@@ -12,7 +12,7 @@ import random
 import socket
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -20,6 +20,7 @@ from sqlalchemy import Select, or_, select, update
 from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, defer, sessionmaker
 
+from reconcile.catalog.file import Catalog
 from reconcile.db import is_conflict, transaction
 from reconcile.ids import new_id
 from reconcile.ingest import ingest
@@ -106,6 +107,8 @@ class InboxJob:
     lease: timedelta = timedelta(seconds=60)
     max_attempts: int = 12
     name: str = "inbox"
+    # Which one-time purchases are credit packs: their credits are granted as they are stored.
+    catalog: Catalog = field(default_factory=Catalog)
 
     def run_once(self, now: datetime) -> int:
         entries = self._claim(now)
@@ -252,7 +255,8 @@ class InboxJob:
         if isinstance(result, Exception):
             self._failed(row, result, now)
             return
-        ingest(session, result, source=entry.channel, now=now, inbox_id=entry.id)
+        ingest(session, result, source=entry.channel, now=now, inbox_id=entry.id,
+               catalog=self.catalog)
         row.status = "processed"
         row.processed_at = now
         row.error = None

@@ -1,4 +1,4 @@
-"""Account-wide policy over HTTP: block, unblock, port-out, cancel, consent, usage."""
+"""Account-wide policy over HTTP: block, unblock, port-out, cancel, consent."""
 
 from __future__ import annotations
 
@@ -143,8 +143,9 @@ def test_bad_account_action_is_422(
     assert app.client.get(f"/v1/accounts/{ACCOUNT}").json() == before
 
 
-def test_consent_and_usage_are_recorded(app: RunningApp) -> None:
-    """Consent may be given before any purchase; usage totals are absolute and validated."""
+def test_consent_is_recorded_and_usage_counters_are_gone(app: RunningApp) -> None:
+    """Consent may be given before any purchase; the old usage counters answer 410 (credits are
+    a ledger now) and the account shows its credit balance instead."""
     response = app.client.put("/v1/accounts/new-acct/consent", json={"consumption_data": True})
     assert response.status_code == 200
     body = response.json()
@@ -154,13 +155,10 @@ def test_consent_and_usage_are_recorded(app: RunningApp) -> None:
                           json={"consumption_data": "yes"}).status_code == 422
     usage = app.client.put("/v1/accounts/new-acct/usage",
                            json={"credits_purchased": 500, "credits_used": 120})
-    assert usage.json()["usage"] == {"credits_purchased": 500, "credits_used": 120}
-    too_many = app.client.put("/v1/accounts/new-acct/usage", json={"credits_used": 501})
-    assert too_many.status_code == 422
-    assert "cannot exceed" in too_many.json()["message"]
-    assert app.client.put("/v1/accounts/new-acct/usage",
-                          json={"credits_used": -1}).status_code == 422
+    assert usage.status_code == 410
+    assert "ledger" in usage.json()["detail"]
     shown = app.client.get("/v1/accounts/new-acct").json()
-    assert shown["usage"] == {"credits_purchased": 500, "credits_used": 120}
+    assert "usage" not in shown
+    assert shown["credits"] == {"balance": 0}
     withdrawn = app.client.put("/v1/accounts/new-acct/consent", json={"consumption_data": False})
     assert withdrawn.json()["consumption_data_consent"] is False

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import pytest
+
+from reconcile.config import Settings
+from reconcile.services import build_services
+from tests.conftest import ADMIN_TOKEN
 from tests.fakes.appstore import FakeAppStore
 from tests.support.apple_ca import AppleTestCA
 from tests.support.apple_payloads import sign_notification
@@ -14,7 +20,8 @@ from tests.support.policy import (
     apple_subscription,
     post_apple,
 )
-from tests.support.server import FakeClock, RunningApp
+from tests.support.purchases import CATALOG
+from tests.support.server import FakeClock, RunningApp, serve_in_thread
 
 ACCOUNT = "5b0c8a2e-3333-4222-8333-000000000003"
 HOUR_MS = 3_600_000
@@ -84,33 +91,74 @@ def test_without_consent_nothing_is_sent(
     assert fake_appstore.calls == []
 
 
+@pytest.fixture
+def credits_app(
+    make_settings: Callable[..., Settings], apple_api_settings: dict[str, Any], clock: FakeClock
+) -> Iterator[RunningApp]:
+    """The Apple service with the fixture catalog (its credit packs grant credits)."""
+    services = build_services(make_settings(**apple_api_settings, apple_api_attempts=1,
+                                            catalog_file=CATALOG), clock=clock)
+    with serve_in_thread(services, ADMIN_TOKEN) as running:
+        yield running
+    services.close()
+
+
+def use_credits(app: RunningApp, amount: int, key: str) -> None:
+    response = app.client.post(f"/v1/accounts/{ACCOUNT}/credits/debits",
+                               json={"amount": amount, "idempotency_key": key})
+    assert response.status_code == 201, response.text
+
+
 def test_consumable_answer_carries_real_usage(
-    apple_app: RunningApp, apple_ca: AppleTestCA, fake_appstore: FakeAppStore
+    credits_app: RunningApp, apple_ca: AppleTestCA, fake_appstore: FakeAppStore
 ) -> None:
-    """For usage credits the consumption percentage comes from the credits used (milliunits);
-    a refund Apple makes anyway is listed as answered and counted in /metrics."""
-    consent(apple_app)
-    apple_app.client.put(f"/v1/accounts/{ACCOUNT}/usage",
-                         json={"credits_purchased": 400, "credits_used": 100})
+    """For a credit pack the consumption percentage is the share of its credits used, from the
+    ledger (milliunits); a refund Apple makes anyway is listed as answered and counted."""
+    consent(credits_app)
     credits: dict[str, Any] = {"otx": "7000000000000900", "product": CREDITS,
                                "tx_type": "Consumable"}
-    post_apple(apple_app, apple_ca, apple_note(1, "ONE_TIME_CHARGE", account=ACCOUNT, **credits))
-    post_apple(apple_app, apple_ca, consumption_request(2, tid="7000000000000900", **credits))
+    post_apple(credits_app, apple_ca, apple_note(1, "ONE_TIME_CHARGE", account=ACCOUNT,
+                                                 **credits))
+    use_credits(credits_app, 25, "call-1")
+    post_apple(credits_app, apple_ca, consumption_request(2, tid="7000000000000900", **credits))
     assert fake_appstore.consumption_requests == [
         ("7000000000000900", {**ANSWER, "consumptionPercentage": 25_000})]
-    post_apple(apple_app, apple_ca, apple_note(3, "REFUND", account=ACCOUNT,
-                                               revoked_at=NOW_MS - 60_000, **credits))
-    [refund] = apple_app.client.get("/v1/refunds").json()["items"]
+    post_apple(credits_app, apple_ca, apple_note(3, "REFUND", account=ACCOUNT,
+                                                 revoked_at=NOW_MS - 60_000, **credits))
+    [refund] = credits_app.client.get("/v1/refunds").json()["items"]
     assert {k: refund[k] for k in ("channel", "store_id", "account_id", "product_id", "amount",
                                    "currency", "consumption_answer_sent")} == {
         "channel": "apple", "store_id": "7000000000000900", "account_id": ACCOUNT,
         "product_id": CREDITS, "amount": "9.99", "currency": "USD",
         "consumption_answer_sent": True}
-    assert refund_requests(apple_app)[0]["outcome"] == "refunded"
-    metrics = apple_app.client.get("/metrics").text
+    assert refund_requests(credits_app)[0]["outcome"] == "refunded"
+    metrics = credits_app.client.get("/metrics").text
     assert 'reconcile_store_refunds{channel="apple"} 1.0' in metrics
     assert 'reconcile_store_refunds_amount{channel="apple",currency="USD"} 9.99' in metrics
     assert 'reconcile_refund_requests{outcome="refunded",state="sent"} 1.0' in metrics
+
+
+def test_usage_is_counted_first_in_first_out(
+    credits_app: RunningApp, apple_ca: AppleTestCA, fake_appstore: FakeAppStore
+) -> None:
+    """Debits use the oldest pack first: after 150 credits of two 100-credit packs the first is
+    used up (100000) and the second half used (50000); a pack with no grant gets none."""
+    consent(credits_app)
+    first: dict[str, Any] = {"otx": "7000000000000901", "product": CREDITS,
+                             "tx_type": "Consumable"}
+    second: dict[str, Any] = {"otx": "7000000000000902", "product": CREDITS,
+                              "tx_type": "Consumable"}
+    post_apple(credits_app, apple_ca,
+               apple_note(1, "ONE_TIME_CHARGE", account=ACCOUNT, **first),
+               apple_note(2, "ONE_TIME_CHARGE", account=ACCOUNT, **second))
+    use_credits(credits_app, 100, "a")
+    use_credits(credits_app, 50, "b")
+    post_apple(credits_app, apple_ca,
+               consumption_request(3, tid="7000000000000902", **second),
+               consumption_request(4, tid="7000000000000901", **first))
+    assert sorted(fake_appstore.consumption_requests) == [
+        ("7000000000000901", {**ANSWER, "consumptionPercentage": 100_000}),
+        ("7000000000000902", {**ANSWER, "consumptionPercentage": 50_000})]
 
 
 def test_transient_fault_is_retried_with_backoff(

@@ -70,6 +70,11 @@ def test_purchase_fixture(path: Path, shop_for: Callable[[dict[str, Any]], Shop]
         owner = (fixture.get("before") or [{}])[0].get("submit", {}).get("account_id") \
             or expect.get("account_id") or "acct-owner"
         assert shop.entitlements(owner) == expect["owner_entitlements"]
+    if "credits" in expect:
+        assert body["credits"]["balance"] == expect["credits"]
+        assert shop.balance(account) == expect["credits"]
+    if "owner_credits" in expect:
+        assert shop.balance("acct-owner") == expect["owner_credits"]
     if "subscription" in expect:
         [subscription] = body["subscriptions"]
         assert expect["subscription"].items() <= subscription.items()

@@ -1,7 +1,7 @@
-"""Account-wide writes: cancel, block, unblock, port-out, consent, usage.
+"""Account-wide writes: cancel, block, unblock, port-out, consent.
 
 Each answers `{"account_id", "items": [Subscription, ...]}` plus the account's block, consent
-and usage, as `GET /v1/accounts/{id}` shows them.
+and credit balance, as `GET /v1/accounts/{id}` shows them.
 """
 
 from __future__ import annotations
@@ -10,12 +10,13 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body
+from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
 from reconcile import accounts
 from reconcile.api.deps import NowDep, ServicesDep, SessionDep
 from reconcile.api.responses import answers
-from reconcile.api.schemas import BlockBody, CancelBody, ConsentBody, PortOutBody, UsageBody
+from reconcile.api.schemas import BlockBody, CancelBody, ConsentBody, PortOutBody
 from reconcile.errors import UnknownAccount
 from reconcile.views import account_document
 
@@ -74,9 +75,9 @@ def consent(account_id: str, body: ConsentBody, session: SessionDep,
     return answer(session, account_id, now)
 
 
-@router.put("/{account_id}/usage")
-def usage(account_id: str, body: UsageBody, session: SessionDep, now: NowDep) -> dict[str, Any]:
-    """The usage-credit totals (bought, used) behind Apple's consumption percentage."""
-    accounts.set_usage(session, account_id, credits_purchased=body.credits_purchased,
-                       credits_used=body.credits_used, now=now)
-    return answer(session, account_id, now)
+@router.put("/{account_id}/usage", status_code=410, response_model=None)
+def usage(account_id: str) -> JSONResponse:
+    """Removed: the credits ledger replaced the usage counters (see docs/policy.md)."""
+    return JSONResponse({"detail": "the usage counters are gone: credits are a ledger now "
+                                   "(POST /v1/accounts/{id}/credits/debits, GET .../credits)",
+                         "account_id": account_id}, status_code=410)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool
 
 from reconcile.cancellation import Reason
 
@@ -38,11 +38,6 @@ class PortOutBody(Strict):
 
 class ConsentBody(Strict):
     consumption_data: StrictBool
-
-
-class UsageBody(Strict):
-    credits_purchased: StrictInt | None = Field(default=None, ge=0)
-    credits_used: StrictInt | None = Field(default=None, ge=0)
 
 
 class PortalCreateBody(Strict):

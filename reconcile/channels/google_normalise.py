@@ -183,17 +183,25 @@ def _voided_subscription(
     )
 
 
-def voided_one_time(notification: DeveloperNotification, token: str, stamp: Stamp) -> Normalised:
-    """A refunded or charged-back one-time purchase: the purchase is revoked, the refund kept."""
-    partial = notification.refund_type == 2
+def voided_one_time(
+    notification: DeveloperNotification, token: str, stamp: Stamp,
+    voided_quantity: int | None = None,
+) -> Normalised:
+    """A refunded or charged-back one-time purchase: the purchase is revoked, the refund kept.
+
+    A quantity-based partial refund leaves the rest of the purchase standing; only the voided
+    purchases list says how many units it was (`voidedQuantity`), the notification does not.
+    """
+    partial = notification.refund_type == 2 or voided_quantity is not None
     refund = RefundSeen(
         channel=Channel.GOOGLE,
         refund_key=f"{token}:{notification.order_id or ''}",
         store_id=token,
         refunded_at=notification.event_time,
         stamp=stamp,
-        # A partial (quantity) refund leaves the rest of the purchase standing.
-        purchase_store_id=None if partial else token,
+        purchase_store_id=token,
+        partial=partial,
+        quantity=voided_quantity if partial else None,
     )
     return Normalised(kind=notification.label, refund=refund,
                       note="partial refund" if partial else None)

@@ -130,6 +130,8 @@ class PlayClient:
         """purchases.voidedpurchases.list (subscriptions included), one page."""
         params: Json = {
             "packageName": self.package_name, "type": 1, "maxResults": 1000,
+            # Partial (quantity) refunds of multi-quantity purchases, each with voidedQuantity.
+            "includeQuantityBasedPartialRefund": True,
             "startTime": str(int(start_time.timestamp() * 1000)),
             "endTime": str(int(end_time.timestamp() * 1000)),
         }

@@ -8,7 +8,7 @@ one we never heard of is recorded through `ingest` like a voided-purchase notifi
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,8 +16,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from reconcile.catalog.file import Catalog
 from reconcile.chains import find_subscription
 from reconcile.channels import google_normalise as gn
+from reconcile.channels.google_pending import GooglePending
 from reconcile.channels.google_play import PlayClient, PlayPermanentError, PlayUnavailable
 from reconcile.ingest import ingest
 from reconcile.models import Refund
@@ -34,6 +36,7 @@ from reconcile.reconciliation.sources import (
     write_cursor,
 )
 from reconcile.state import Stamp
+from reconcile.store_records import NO_CATALOG
 from webhooks.google import DeveloperNotification
 
 READ_LABEL = "SUBSCRIPTION_STATUS_READ"
@@ -47,9 +50,14 @@ class GoogleTruth:
 
     channel = "google"
 
-    def __init__(self, play: PlayClient, package_name: str) -> None:
+    def __init__(
+        self, play: PlayClient, package_name: str, catalog: Catalog = NO_CATALOG,
+        consumables: Collection[str] = (),
+    ) -> None:
         self.play = play
         self.package_name = package_name
+        self.catalog = catalog
+        self.consumables = frozenset(consumables)
 
     def fetch(self, target: Target, now: datetime) -> Fetched:
         try:
@@ -76,7 +84,7 @@ class GoogleTruth:
         return Fetched(target, outcome=outcome)
 
     def sweeps(self) -> Sequence[Sweep]:
-        return [GoogleVoided(self)]
+        return [GoogleVoided(self), GooglePending(self)]
 
 
 @dataclass(frozen=True)
@@ -136,7 +144,11 @@ class GoogleVoided:
         except PlayPermanentError:
             purchase = None  # a one-time product (the list does not say which it is)
         if purchase is None:
-            outcome = gn.voided_one_time(notification, token, stamp)
+            quantity = voided.get("voidedQuantity")
+            outcome = gn.voided_one_time(
+                notification, token, stamp,
+                int(quantity) if isinstance(quantity, int | str) and str(quantity).isdigit()
+                else None)
         else:
             outcome = gn.subscription(notification, purchase, token, stamp,
                                       revoked=gn.revokes(notification, purchase))
@@ -149,14 +161,24 @@ class GoogleVoided:
         if refund is None:
             return None
         known = session.scalars(
-            select(Refund.id).where(Refund.channel == "google",
-                                    Refund.refund_key == refund.refund_key)
+            select(Refund).where(Refund.channel == "google",
+                                 Refund.refund_key == refund.refund_key)
         ).first()
         if known is not None:
+            if known.partial and known.quantity is None and refund.quantity:
+                # The notification of a partial refund said not how many units: now we know,
+                # and the credits of those units are clawed back.
+                if not dry_run:
+                    ingest(session, item.outcome, source="reconciliation", now=now,
+                           catalog=self.truth.catalog)
+                return Finding(kind="credits", channel="google", store_id=item.token,
+                               subscription_id=None, here="partial refund, quantity unknown",
+                               store=f"{refund.quantity} refunded (order {item.order_id or '?'})")
             return None
         subscription = find_subscription(session, "google", item.token)
         if not dry_run:
-            ingest(session, item.outcome, source="reconciliation", now=now)
+            ingest(session, item.outcome, source="reconciliation", now=now,
+                   catalog=self.truth.catalog)
         return Finding(
             kind="refund_not_known", channel="google", store_id=item.token,
             subscription_id=subscription.id if subscription else None, here=None,

@@ -109,7 +109,8 @@ def _submit(services: Services, submission: Submission) -> dict[str, Any]:
         try:
             with transaction(services.sessions) as session:
                 ensure_account(session, submission.account_id, now)
-                store(session, verified, submission.account_id, transfer=transfer, now=now)
+                store(session, verified, submission.account_id, transfer=transfer, now=now,
+                      catalog=services.catalog)
                 document = account_document(session, submission.account_id, now,
                                             services.catalog)
             break

@@ -15,13 +15,14 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from reconcile.catalog.file import Catalog
 from reconcile.chains import find_subscription
 from reconcile.ingest import ingest, link_account
 from reconcile.models import Purchase, Subscription
 from reconcile.outcomes import Normalised
 from reconcile.purchases.errors import OwnedElsewhere
 from reconcile.state import LINKED, decode_clock
-from reconcile.store_records import link_purchase
+from reconcile.store_records import NO_CATALOG, link_purchase
 
 SOURCE = "submission"
 
@@ -50,6 +51,7 @@ def store(
     *,
     transfer: bool,
     now: datetime,
+    catalog: Catalog = NO_CATALOG,
 ) -> Stored:
     """Ingest `verified` for `account_id`; `OwnedElsewhere` (nothing kept) when another account
     holds the purchase and `transfer` is off."""
@@ -61,7 +63,7 @@ def store(
     for outcome in verified.outcomes:
         # With another owner the move is the link's to make (and to record as a transfer).
         claimed = _for_account(outcome, None if owners else account_id)
-        applied = ingest(session, claimed, source=SOURCE, now=now)
+        applied = ingest(session, claimed, source=SOURCE, now=now, catalog=catalog)
         if applied.subscription_id:
             subscriptions[applied.subscription_id] = None
         if outcome.purchase is not None:
@@ -76,7 +78,7 @@ def store(
     for purchase_id in purchases:
         purchase = session.get(Purchase, purchase_id)
         if purchase is not None:
-            link_purchase(session, purchase, account_id, now)
+            link_purchase(session, purchase, account_id, now, catalog)
     return Stored(tuple(subscriptions), tuple(purchases), tuple(sorted(owners)))
 
 

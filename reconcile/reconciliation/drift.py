@@ -14,7 +14,7 @@ from reconcile.state import STATE_FIELDS, Observation, SubscriptionState, apply
 
 KINDS = (
     "status", "expires_at", "auto_renew", "product", "missing_here", "unknown_at_store",
-    "unacknowledged", "refund_not_known",
+    "unacknowledged", "refund_not_known", "credits",
 )
 
 

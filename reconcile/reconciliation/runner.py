@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 
@@ -60,9 +60,12 @@ class Reconciler:
         concurrency: int = 8,
         page_size: int = 200,
         lease: timedelta = RUN_LEASE,
+        checks: Sequence[Sweep] = (),
     ) -> None:
         self.sessions = sessions
         self.sources = sources
+        # Checks of our own records that need no store (the credits ledger), run last.
+        self.checks = list(checks)
         self.lease = Lease(owner, lease)
         self.concurrency = concurrency
         self.page_size = page_size
@@ -105,6 +108,7 @@ class Reconciler:
         channels = self.channels(filters)
         sweeps = [s.name for c in channels for s in self.sources[c].sweeps()]
         phases = [*sweeps, *SUBSCRIPTION_PHASES] if channels else []
+        phases += [check.name for check in self.checks]
         total = session.scalar(
             select(func.count()).select_from(Subscription).where(self._selected(channels, filters))
         ) if channels else 0
@@ -312,7 +316,8 @@ class Reconciler:
         return len(page.items), 1
 
     def _sweeps(self) -> dict[str, Sweep]:
-        return {s.name: s for source in self.sources.values() for s in source.sweeps()}
+        sweeps = {s.name: s for source in self.sources.values() for s in source.sweeps()}
+        return {**sweeps, **{check.name: check for check in self.checks}}
 
 
 def _discrepancy(run_id: str, finding: Finding, repaired: bool) -> Discrepancy:

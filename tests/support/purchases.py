@@ -152,6 +152,12 @@ class Shop:
         return self.app.client.post("/v1/purchases", json=self.body(submit),
                                     headers={"Authorization": f"Bearer {APP_TOKEN}"})
 
+    def balance(self, account: str) -> int:
+        answer = self.app.client.get(f"/v1/accounts/{account}/credits")
+        assert answer.status_code == 200, answer.text
+        balance: int = answer.json()["balance"]
+        return balance
+
     def entitlements(self, account: str) -> dict[str, bool]:
         items = self.app.client.get(f"/v1/accounts/{account}/entitlements").json()["items"]
         return {item["entitlement"]: item["active"] for item in items}

@@ -1,0 +1,1 @@
+"""The credits ledger: grants from store transactions, debits, adjustments, clawbacks."""
