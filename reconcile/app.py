@@ -22,6 +22,8 @@ from reconcile.api import (
     subscriptions,
 )
 from reconcile.api.deps import require_admin
+from reconcile.audit import api as audit_api
+from reconcile.console import api as console
 from reconcile.errors import DomainError
 from reconcile.services import Services
 from webhooks.routes import OPENAPI_PATHS, WebhookLane
@@ -56,6 +58,8 @@ def create_app(services: Services, *, run_worker: bool = True) -> FastAPI:
     app.include_router(portal.router, dependencies=admin)
     app.include_router(reconciliations.router, dependencies=admin)
     app.include_router(acknowledgements.router, dependencies=admin)
+    app.include_router(audit_api.router, dependencies=admin)
+    console.install(app)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

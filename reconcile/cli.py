@@ -18,6 +18,7 @@ from rich.table import Table
 
 from reconcile.app import create_app
 from reconcile.config import Settings
+from reconcile.console import cli as console_users
 from reconcile.db import migrate, transaction
 from reconcile.errors import StoreNotConfigured
 from reconcile.models import Discrepancy, ReconciliationRun
@@ -165,6 +166,9 @@ def _report(
         console.print(f"[yellow]store error:[/yellow] {failure}")
     if run.error:
         console.print(f"[red]run failed:[/red] {run.error}")
+
+
+cli.add_typer(console_users.app, name="console-user")
 
 
 def main() -> None:

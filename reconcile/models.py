@@ -296,3 +296,8 @@ class Cursor(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime]
+
+
+# Tables of the domains in their own folders, so that Base.metadata holds every table.
+from reconcile.audit.models import AuditRecord  # noqa: E402, F401
+from reconcile.console.models import ConsoleUser  # noqa: E402, F401

@@ -1,0 +1,139 @@
+"""Finding a customer from whatever id they or the store quote.
+
+An account id, a subscription id, or any store id: Apple original transaction ids and
+transaction ids, Google purchase tokens (every token of a linked chain) and order ids. Cheap
+exact lookups go first; the history and refunds are read only when those find nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from reconcile.models import (
+    Account,
+    InboxEntry,
+    OutboxEntry,
+    Purchase,
+    Refund,
+    StoreId,
+    Subscription,
+    SubscriptionEvent,
+)
+
+MAX_QUERY = 600
+MAX_HITS = 50
+STORE_ID_WORDS = {"apple": "original transaction id", "google": "purchase token",
+                  "portal": "portal id"}
+PURCHASE_ID_WORDS = {"apple": "transaction id", "google": "purchase token",
+                     "portal": "portal id"}
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One thing the query names: an account, or a subscription (and its account, if linked)."""
+
+    account_id: str | None
+    subscription_id: str | None
+    matched: str  # what the query matched, in words
+    notification_id: int | None = None
+
+
+def search(session: Session, query: str) -> list[Hit]:
+    """Everything `query` names exactly, deduplicated, at most MAX_HITS."""
+    q = query.strip()
+    if not q or len(q) > MAX_QUERY:
+        return []
+    hits = [*_accounts(session, q), *_subscriptions(session, q), *_purchases(session, q)]
+    if not hits:
+        hits = [*_history(session, q), *_refunds(session, q), *_requests(session, q)]
+    if not hits:
+        hits = _notifications(session, q)
+    seen: set[tuple[str | None, str | None, int | None]] = set()
+    unique = []
+    for hit in hits:
+        key = (hit.account_id, hit.subscription_id, hit.notification_id)
+        if key not in seen:
+            seen.add(key)
+            unique.append(hit)
+    return unique[:MAX_HITS]
+
+
+def _accounts(session: Session, q: str) -> list[Hit]:
+    known = (
+        session.get(Account, q) is not None
+        or session.scalars(select(Subscription.id).where(Subscription.account_id == q)
+                           .limit(1)).first() is not None
+        or session.scalars(select(Purchase.id).where(Purchase.account_id == q)
+                           .limit(1)).first() is not None
+    )
+    return [Hit(q, None, "account id")] if known else []
+
+
+def _subscriptions(session: Session, q: str) -> list[Hit]:
+    rows = session.execute(
+        select(Subscription.id, Subscription.account_id, Subscription.channel,
+               StoreId.store_id)
+        .outerjoin(StoreId, (StoreId.subscription_id == Subscription.id)
+                   & (StoreId.store_id == q))
+        .where(or_(Subscription.id == q, Subscription.store_id == q,
+                   Subscription.id.in_(select(StoreId.subscription_id)
+                                       .where(StoreId.store_id == q))))
+        .limit(MAX_HITS)
+    )
+    return [Hit(account, sub_id,
+                "subscription id" if sub_id == q else STORE_ID_WORDS.get(channel, "store id"))
+            for sub_id, account, channel, _store in rows]
+
+
+def _purchases(session: Session, q: str) -> list[Hit]:
+    rows = session.execute(
+        select(Purchase.account_id, Purchase.channel, Purchase.id)
+        .where(or_(Purchase.store_id == q, Purchase.id == q)).limit(MAX_HITS)
+    )
+    return [Hit(account, None, f"one-time purchase ({PURCHASE_ID_WORDS.get(channel, 'id')})")
+            for account, channel, _id in rows if account]
+
+
+def _history(session: Session, q: str) -> list[Hit]:
+    """Apple transaction ids of renewals, Google order ids, as the history recorded them."""
+    found = []
+    for name, words in (("transaction_id", "transaction id"), ("order_id", "order id")):
+        rows = session.execute(
+            select(Subscription.id, Subscription.account_id)
+            .where(Subscription.id.in_(
+                select(SubscriptionEvent.subscription_id)
+                .where(SubscriptionEvent.detail[name].as_string() == q)))
+            .limit(MAX_HITS)
+        )
+        found += [Hit(account, sub_id, words) for sub_id, account in rows]
+    return found
+
+
+def _refunds(session: Session, q: str) -> list[Hit]:
+    rows = session.execute(
+        select(Refund.account_id, Refund.subscription_id, Refund.refund_key, Refund.store_id)
+        .where(or_(Refund.refund_key == q, Refund.refund_key.endswith(f":{q}"),
+                   Refund.store_id == q))
+        .limit(MAX_HITS)
+    )
+    return [Hit(account, sub_id, "order id of a refund" if key.endswith(f":{q}")
+                else "transaction id of a refund")
+            for account, sub_id, key, _store in rows if account or sub_id]
+
+
+def _requests(session: Session, q: str) -> list[Hit]:
+    rows = session.execute(
+        select(OutboxEntry.account_id, OutboxEntry.subscription_id)
+        .where(OutboxEntry.store_id == q, OutboxEntry.kind == "consumption").limit(MAX_HITS)
+    )
+    return [Hit(account, sub_id, "transaction id of a refund request")
+            for account, sub_id in rows if account or sub_id]
+
+
+def _notifications(session: Session, q: str) -> list[Hit]:
+    """A notification about `q` that made no subscription yet (still pending, or failed)."""
+    row = session.scalars(select(InboxEntry.id).where(InboxEntry.subject == q).limit(1)).first()
+    return [] if row is None else [Hit(None, None, "a notification not applied yet", row)]
