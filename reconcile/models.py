@@ -299,5 +299,6 @@ class Cursor(Base):
 
 
 # Tables of the domains in their own folders, so that Base.metadata holds every table.
-from reconcile.audit.models import AuditRecord  # noqa: E402, F401
-from reconcile.console.models import ConsoleUser  # noqa: E402, F401
+# Plain imports, not `from ... import`: either module may be the one imported first.
+import reconcile.audit.models  # noqa: E402, F401
+import reconcile.console.models  # noqa: E402, F401

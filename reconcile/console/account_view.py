@@ -12,11 +12,15 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from reconcile.audit.models import AuditRecord
+from reconcile.console.render import CHANNEL_WORDS
 from reconcile.models import OutboxEntry, Refund, SubscriptionEvent
 from reconcile.views import request_json
 
 TIMELINE_LIMIT = 200
 REQUEST_WORDS = {"cancel": "Cancellation", "change_plan": "Plan change"}
+STATE_WORDS = {"requested": "waiting to be sent", "sent": "sent to the store",
+               "customer_action_required": "the customer must act", "confirmed": "confirmed",
+               "failed": "failed"}
 SOURCE_WORDS = {"apple": "App Store notification", "google": "Google Play notification",
                 "portal": "Portal", "reconciliation": "Reconciliation", "ingest": "Service"}
 
@@ -78,8 +82,10 @@ def timeline(
         request = request_json(entry)
         what = REQUEST_WORDS[entry.kind]
         target = f" to {request['product_id']}" if request["product_id"] else ""
+        state = STATE_WORDS.get(request["state"], request["state"])
         moments.append(Moment(entry.created_at, "request",
-                              f"{what}{target} asked of {entry.channel}: now {request['state']}",
+                              f"{what}{target} asked of {CHANNEL_WORDS[entry.channel]}: "
+                              f"{state}",
                               request["failure"] or "", extra={"request": request}))
     for refund in refunds:
         money = f"{refund.amount} {refund.currency}" if refund.amount else "amount unknown"

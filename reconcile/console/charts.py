@@ -32,7 +32,7 @@ def bar_chart(chart_id: str, title: str, bars: Sequence[Bar], colour: str = "#1f
     step = inner_w / max(len(bars), 1)
     parts = [
         f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
-        f'aria-labelledby="{chart_id}-t {chart_id}-d" preserveAspectRatio="none">',
+        f'aria-labelledby="{chart_id}-t {chart_id}-d">',
         f'<title id="{chart_id}-t">{escape(title)}</title>',
         f'<desc id="{chart_id}-d">Highest value {peak}; the table below lists every '
         'figure.</desc>',
@@ -42,7 +42,7 @@ def bar_chart(chart_id: str, title: str, bars: Sequence[Bar], colour: str = "#1f
         parts.append(f'<line x1="{PAD_LEFT}" x2="{WIDTH - 4}" y1="{y:.1f}" y2="{y:.1f}" '
                      'stroke="#c9ced6" stroke-width="1"/>')
         parts.append(f'<text x="{PAD_LEFT - 4}" y="{y + 4:.1f}" text-anchor="end" '
-                     f'font-size="11" fill="#3b4350">{int(top * fraction)}</text>')
+                     f'font-size="12" fill="#3b4350">{top * fraction:g}</text>')
     for n, bar in enumerate(bars):
         h = 0 if top == 0 else inner_h * bar.value / top
         x = PAD_LEFT + n * step + step * 0.12
@@ -51,7 +51,7 @@ def bar_chart(chart_id: str, title: str, bars: Sequence[Bar], colour: str = "#1f
                      f'height="{h:.1f}" fill="{colour}"><title>{escape(bar.title)}</title>'
                      '</rect>')
         if bar.label:
-            parts.append(f'<text x="{x + step * 0.38:.1f}" y="{HEIGHT - 6}" font-size="11" '
+            parts.append(f'<text x="{x + step * 0.38:.1f}" y="{HEIGHT - 6}" font-size="12" '
                          f'text-anchor="middle" fill="#3b4350">{escape(bar.label)}</text>')
     parts.append("</svg>")
     return Markup("".join(parts))  # noqa: S704  every interpolated text is escaped above

@@ -81,7 +81,7 @@ def overview(session: Session, now: datetime) -> Overview:
                                      .where(*_apple_waiting())) or 0,
         apple_action_rows=list(session.scalars(
             select(OutboxEntry).where(*_apple_waiting())
-            .order_by(OutboxEntry.id.desc()).limit(10))),
+            .order_by(OutboxEntry.id.desc()).limit(5))),
         latest_run=session.scalars(
             select(ReconciliationRun)
             .order_by(ReconciliationRun.started_at.desc(), ReconciliationRun.id.desc())

@@ -36,6 +36,12 @@ CANCELLATION_WORDS = {
     "confirmed": "Cancelled: renewal off",
     "failed": "Cancellation failed",
 }
+REASON_WORDS = {
+    "customer_request": "the customer asked",
+    "policy_block": "account blocked",
+    "port_out": "number ported out",
+    "admin": "the company decided",
+}
 CHANNEL_WORDS = {"apple": "App Store", "google": "Google Play", "portal": "Portal"}
 # Security headers of every console answer: no framing, nothing from elsewhere, no caching.
 HEADERS = {
@@ -68,7 +74,7 @@ def moment(value: str | datetime | None) -> str:
 templates = Jinja2Templates(directory=str(TEMPLATES))
 templates.env.filters.update(day=day, moment=moment)
 templates.env.globals.update(STATUS_WORDS=STATUS_WORDS, STATUS_TONE=STATUS_TONE,
-                             CANCELLATION_WORDS=CANCELLATION_WORDS,
+                             CANCELLATION_WORDS=CANCELLATION_WORDS, REASON_WORDS=REASON_WORDS,
                              CHANNEL_WORDS=CHANNEL_WORDS, may=may)
 
 
