@@ -300,5 +300,5 @@ class Cursor(Base):
 
 # Tables of the domains in their own folders, so that Base.metadata holds every table.
 # Plain imports, not `from ... import`: either module may be the one imported first.
-import reconcile.audit.models  # noqa: E402, F401
+import reconcile.audit.models  # noqa: E402
 import reconcile.console.models  # noqa: E402, F401

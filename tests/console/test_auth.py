@@ -19,7 +19,7 @@ Clients = Callable[..., httpx.Client]
 
 def test_pages_redirect_to_the_sign_in_page(app: RunningApp, client_for: Clients) -> None:
     """Without a session every console page answers a redirect to /console/login."""
-    client = client_for()
+    client = client_for(app)
     for path in ("/console", f"/console/accounts/{ACCOUNT}", "/console/search?q=x",
                  "/console/reconciliations", "/console/audit"):
         answer = client.get(path)
@@ -32,21 +32,24 @@ def test_pages_redirect_to_the_sign_in_page(app: RunningApp, client_for: Clients
         assert label in page.text
 
 
-def test_sign_in_sets_a_safe_cookie_and_sign_out_ends_the_session(app: RunningApp, client_for: Clients) -> None:
+def test_sign_in_sets_a_safe_cookie_and_sign_out_ends_the_session(
+    app: RunningApp, client_for: Clients
+) -> None:
     """The session cookie is HttpOnly and SameSite=Lax; after sign-out it opens nothing, even
     when replayed."""
     add_console_user(app, "alice", "viewer")
-    client = client_for()
+    client = client_for(app)
     answer = sign_in(client, "alice")
     assert answer.status_code == 303
     cookie = answer.headers["set-cookie"]
-    assert "console_session=" in cookie and "HttpOnly" in cookie
-    assert "SameSite=lax" in cookie and "Secure" not in cookie
+    for part in ("console_session=", "HttpOnly", "SameSite=lax"):
+        assert part in cookie
+    assert "Secure" not in cookie
     assert client.get("/console").status_code == 200
     stolen = client.cookies.get("console_session")
     token = csrf_of(client.get("/console").text)
     assert client.post("/console/logout", data={"csrf_token": token}).status_code == 303
-    replay = client_for()
+    replay = client_for(app)
     replay.cookies.set("console_session", stolen or "")
     assert replay.get("/console").status_code == 303
 
@@ -54,7 +57,7 @@ def test_sign_in_sets_a_safe_cookie_and_sign_out_ends_the_session(app: RunningAp
 def test_cookie_is_secure_under_https(app: RunningApp, client_for: Clients) -> None:
     """Behind a TLS proxy (X-Forwarded-Proto: https) the cookies carry Secure."""
     add_console_user(app, "alice", "viewer")
-    client = client_for()
+    client = client_for(app)
     https = {"X-Forwarded-Proto": "https"}
     form = client.get("/console/login", headers=https)
     assert "Secure" in form.headers["set-cookie"]
@@ -66,11 +69,13 @@ def test_cookie_is_secure_under_https(app: RunningApp, client_for: Clients) -> N
     assert "Secure" in answer.headers["set-cookie"]
 
 
-def test_wrong_password_and_unknown_user_are_refused_alike(app: RunningApp, client_for: Clients) -> None:
+def test_wrong_password_and_unknown_user_are_refused_alike(
+    app: RunningApp, client_for: Clients
+) -> None:
     """A wrong password and an unknown name both answer 401 with the same words."""
     add_console_user(app, "alice", "viewer")
-    wrong = sign_in(client_for(), "alice", "not the password")
-    unknown = sign_in(client_for(), "mallory", PASSWORD)
+    wrong = sign_in(client_for(app), "alice", "not the password")
+    unknown = sign_in(client_for(app), "mallory", PASSWORD)
     assert wrong.status_code == unknown.status_code == 401
     assert "Wrong username or password." in wrong.text
     assert "Wrong username or password." in unknown.text
@@ -81,7 +86,7 @@ def test_repeated_failures_are_slowed_down(app: RunningApp, clock: FakeClock,
     """After three failures even the right password waits out the backoff (429, Retry-After),
     which doubles with each further failure; once it has passed, the right password works."""
     add_console_user(app, "alice", "viewer")
-    client = client_for()
+    client = client_for(app)
     for _ in range(3):
         assert sign_in(client, "alice", "guess").status_code == 401
     refused = sign_in(client, "alice")
@@ -97,7 +102,7 @@ def test_repeated_failures_are_slowed_down(app: RunningApp, clock: FakeClock,
 def test_sign_in_without_the_form_token_is_refused(app: RunningApp, client_for: Clients) -> None:
     """A sign-in posted from elsewhere (no token of the login form) answers 403."""
     add_console_user(app, "alice", "viewer")
-    answer = client_for().post("/console/login", data={
+    answer = client_for(app).post("/console/login", data={
         "username": "alice", "password": PASSWORD, "csrf_token": "forged"})
     assert answer.status_code == 403
 
@@ -108,7 +113,7 @@ def test_session_ends_after_the_configured_hours(
     """With RECONCILE_CONSOLE_SESSION_HOURS=2 a session opens pages for two hours, then not."""
     services = build_services(make_settings(console_session_hours=2), clock=clock)
     with serve_in_thread(services, ADMIN_TOKEN) as running:
-        client = client_for("alice", "viewer", running)
+        client = client_for(running, "alice", "viewer")
         clock.advance(hours=1, minutes=59)
         assert client.get("/console").status_code == 200
         clock.advance(minutes=1)
@@ -118,23 +123,25 @@ def test_session_ends_after_the_configured_hours(
     services.close()
 
 
-def test_forged_and_unpermitted_posts_answer_403_and_change_nothing(app: RunningApp, client_for: Clients) -> None:
+def test_forged_and_unpermitted_posts_answer_403_and_change_nothing(
+    app: RunningApp, client_for: Clients
+) -> None:
     """A post without the session's CSRF token, or above the user's role, is 403 and leaves
     the account unblocked and the subscription renewing."""
     sub = portal_subscription(app, ACCOUNT)
-    admin = client_for("alice", "admin")
+    admin = client_for(app, "alice", "admin")
     forged = admin.post(f"/console/accounts/{ACCOUNT}/block",
                         data={"reason": "spam", "csrf_token": "not-the-token"})
     assert forged.status_code == 403
     missing = admin.post(f"/console/accounts/{ACCOUNT}/block", data={"reason": "spam"})
     assert missing.status_code == 403
-    agent = client_for("bob", "agent")
+    agent = client_for(app, "bob", "agent")
     assert post_form(agent, f"/console/accounts/{ACCOUNT}/block",
                      {"reason": "spam"}).status_code == 403
-    viewer = client_for("vic", "viewer")
+    viewer = client_for(app, "vic", "viewer")
     assert post_form(viewer, f"/console/subscriptions/{sub['id']}/cancel",
                      {"reason": "asked"}).status_code == 403
-    anonymous = client_for().post(f"/console/accounts/{ACCOUNT}/block",
+    anonymous = client_for(app).post(f"/console/accounts/{ACCOUNT}/block",
                                          data={"reason": "spam"})
     assert anonymous.status_code == 403
     account = app.client.get(f"/v1/accounts/{ACCOUNT}").json()
@@ -148,7 +155,7 @@ def test_a_removed_user_is_signed_out(app: RunningApp, client_for: Clients) -> N
     from reconcile.console.users import remove_user
     from reconcile.db import transaction
 
-    client = client_for("alice", "viewer")
+    client = client_for(app, "alice", "viewer")
     with transaction(app.services.sessions) as session:
         remove_user(session, "alice")
     assert client.get("/console").status_code == 303
