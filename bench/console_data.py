@@ -173,6 +173,8 @@ def seed(url: str, accounts: int, now: datetime, rng: random.Random) -> dict[str
                                    else google_payload(4 if r == 0 else 2, store_id, product, at,
                                                        inbox_id))
                         inbox = inbox_id
+                        if channel == "apple" and "inbox_id" not in picks:
+                            picks["inbox_id"] = inbox_id
                         batches.add(InboxEntry, {
                             "id": inbox_id, "channel": channel,
                             "notification_id": f"n{inbox_id}", "kind": kind, "subject": store_id,
@@ -256,7 +258,6 @@ def seed(url: str, accounts: int, now: datetime, rng: random.Random) -> dict[str
             add_user(session, name, role, PASSWORD, now)
     engine.dispose()
     picks["run_id"] = run_id
-    picks["inbox_id"] = inbox_id // 2
     return picks
 
 
