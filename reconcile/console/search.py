@@ -7,9 +7,10 @@ exact lookups go first; the history and refunds are read only when those find no
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
-from sqlalchemy import or_, select
+from sqlalchemy import Text, cast, or_, select
 from sqlalchemy.orm import Session
 
 from reconcile.models import (
@@ -24,6 +25,7 @@ from reconcile.models import (
 )
 
 MAX_QUERY = 600
+CHANNELS = ("apple", "google", "portal")
 MAX_HITS = 50
 STORE_ID_WORDS = {"apple": "original transaction id", "google": "purchase token",
                   "portal": "portal id"}
@@ -73,42 +75,55 @@ def _accounts(session: Session, q: str) -> list[Hit]:
 
 
 def _subscriptions(session: Session, q: str) -> list[Hit]:
+    """By subscription id, then by any store id (each query on an index)."""
+    found = []
+    row = session.get(Subscription, q)
+    if row is not None:
+        found.append(Hit(row.account_id, row.id, "subscription id"))
     rows = session.execute(
-        select(Subscription.id, Subscription.account_id, Subscription.channel,
-               StoreId.store_id)
-        .outerjoin(StoreId, (StoreId.subscription_id == Subscription.id)
-                   & (StoreId.store_id == q))
-        .where(or_(Subscription.id == q, Subscription.store_id == q,
-                   Subscription.id.in_(select(StoreId.subscription_id)
-                                       .where(StoreId.store_id == q))))
-        .limit(MAX_HITS)
+        select(Subscription.id, Subscription.account_id, Subscription.channel)
+        .join(StoreId, StoreId.subscription_id == Subscription.id)
+        .where(StoreId.channel.in_(CHANNELS), StoreId.store_id == q).limit(MAX_HITS)
     )
-    return [Hit(account, sub_id,
-                "subscription id" if sub_id == q else STORE_ID_WORDS.get(channel, "store id"))
-            for sub_id, account, channel, _store in rows]
+    found += [Hit(account, sub_id, STORE_ID_WORDS.get(channel, "store id"))
+              for sub_id, account, channel in rows]
+    return found
 
 
 def _purchases(session: Session, q: str) -> list[Hit]:
     rows = session.execute(
-        select(Purchase.account_id, Purchase.channel, Purchase.id)
-        .where(or_(Purchase.store_id == q, Purchase.id == q)).limit(MAX_HITS)
+        select(Purchase.account_id, Purchase.channel)
+        .where(Purchase.channel.in_(CHANNELS), Purchase.store_id == q).limit(MAX_HITS)
     )
-    return [Hit(account, None, f"one-time purchase ({PURCHASE_ID_WORDS.get(channel, 'id')})")
-            for account, channel, _id in rows if account]
+    found = [Hit(account, None, f"one-time purchase ({PURCHASE_ID_WORDS.get(channel, 'id')})")
+             for account, channel in rows if account]
+    purchase = session.get(Purchase, q)
+    if purchase is not None and purchase.account_id:
+        found.append(Hit(purchase.account_id, None, "purchase id"))
+    return found
 
 
 def _history(session: Session, q: str) -> list[Hit]:
-    """Apple transaction ids of renewals, Google order ids, as the history recorded them."""
-    found = []
-    for name, words in (("transaction_id", "transaction id"), ("order_id", "order id")):
-        rows = session.execute(
-            select(Subscription.id, Subscription.account_id)
-            .where(Subscription.id.in_(
-                select(SubscriptionEvent.subscription_id)
-                .where(SubscriptionEvent.detail[name].as_string() == q)))
+    """Apple transaction ids of renewals, Google order ids, as the history recorded them.
+
+    No index holds these: the stored JSON text is scanned for the exact `"name": "value"`
+    pair (a plain substring test, much cheaper than parsing every row), then checked exactly.
+    """
+    found: list[Hit] = []
+    # Apple transaction ids are digits, Google order ids start "GPA.": other text skips the scan.
+    names = [("transaction_id", "transaction id")] if q.isdigit() else []
+    if q.startswith("GPA."):
+        names.append(("order_id", "order id"))
+    for name, words in names:
+        needle = json.dumps({name: q})[1:-1]
+        candidates = session.execute(
+            select(SubscriptionEvent.subscription_id, SubscriptionEvent.detail)
+            .where(cast(SubscriptionEvent.detail, Text).contains(needle, autoescape=True))
             .limit(MAX_HITS)
         )
-        found += [Hit(account, sub_id, words) for sub_id, account in rows]
+        ids = {sub_id for sub_id, detail in candidates if (detail or {}).get(name) == q}
+        found += [Hit(account, sub_id, words) for sub_id, account in session.execute(
+            select(Subscription.id, Subscription.account_id).where(Subscription.id.in_(ids)))]
     return found
 
 
@@ -135,5 +150,6 @@ def _requests(session: Session, q: str) -> list[Hit]:
 
 def _notifications(session: Session, q: str) -> list[Hit]:
     """A notification about `q` that made no subscription yet (still pending, or failed)."""
-    row = session.scalars(select(InboxEntry.id).where(InboxEntry.subject == q).limit(1)).first()
+    row = session.scalars(select(InboxEntry.id).where(
+        InboxEntry.channel.in_(CHANNELS), InboxEntry.subject == q).limit(1)).first()
     return [] if row is None else [Hit(None, None, "a notification not applied yet", row)]

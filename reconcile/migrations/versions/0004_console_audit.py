@@ -57,9 +57,11 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('name')
     )
     op.create_index('ix_inbox_received_at', 'inbox', ['received_at'], unique=False)
+    op.create_index('ix_subscriptions_channel_status', 'subscriptions', ['channel', 'status'], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_index('ix_subscriptions_channel_status', table_name='subscriptions')
     op.drop_index('ix_inbox_received_at', table_name='inbox')
     op.drop_table('console_secrets')
     op.drop_table('console_sign_in_failures')
