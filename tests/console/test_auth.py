@@ -7,6 +7,8 @@ from collections.abc import Callable
 import httpx
 
 from reconcile.config import Settings
+from reconcile.console.users import remove_user
+from reconcile.db import transaction
 from reconcile.services import build_services
 from tests.conftest import ADMIN_TOKEN
 from tests.support.console import PASSWORD, add_console_user, csrf_of, post_form, sign_in
@@ -152,9 +154,6 @@ def test_forged_and_unpermitted_posts_answer_403_and_change_nothing(
 
 def test_a_removed_user_is_signed_out(app: RunningApp, client_for: Clients) -> None:
     """Removing a user ends their sessions at once."""
-    from reconcile.console.users import remove_user
-    from reconcile.db import transaction
-
     client = client_for(app, "alice", "viewer")
     with transaction(app.services.sessions) as session:
         remove_user(session, "alice")
