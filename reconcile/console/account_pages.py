@@ -13,7 +13,12 @@ from sqlalchemy.orm import Session
 
 from reconcile.api.deps import NowDep, ServicesDep, SessionDep
 from reconcile.console import actions
-from reconcile.console.account_view import refund_requests_of, refunds_of, timeline
+from reconcile.console.account_view import (
+    refund_requests_of,
+    refunds_of,
+    timeline,
+    waiting_plan_changes,
+)
 from reconcile.console.auth import Forbidden, ReaderDep, actor
 from reconcile.console.payloads import decode_payload
 from reconcile.console.render import page
@@ -97,6 +102,7 @@ def _account_context(session: Session, document: dict[str, Any],
         "timeline": timeline(session, account_id or "", ids, refunds,
                              {s["id"]: s["product_id"] for s in subs}),
         "actions": actions.ACTIONS,
+        "plan_changes": waiting_plan_changes(session, ids),
     }
 
 

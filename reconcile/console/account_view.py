@@ -55,6 +55,23 @@ def refund_requests_of(session: Session, account_id: str) -> list[OutboxEntry]:
     ))
 
 
+def waiting_plan_changes(session: Session, subscription_ids: Sequence[str]
+                         ) -> dict[str, dict[str, Any]]:
+    """Per subscription, a plan change only the customer can make in the store, if any."""
+    waiting: dict[str, dict[str, Any]] = {}
+    for entry in session.scalars(
+        select(OutboxEntry).where(OutboxEntry.subscription_id.in_(list(subscription_ids)),
+                                  OutboxEntry.kind == "change_plan")
+        .order_by(OutboxEntry.id)
+    ):
+        request = request_json(entry)
+        if entry.state == "customer_action_required":
+            waiting[entry.subscription_id or ""] = request
+        else:
+            waiting.pop(entry.subscription_id or "", None)
+    return waiting
+
+
 def timeline(
     session: Session, account_id: str, subscription_ids: Sequence[str],
     refunds: Sequence[Refund], products: dict[str, str | None],

@@ -44,6 +44,8 @@ def serializer(request: Request, salt: str) -> URLSafeSerializer:
     state = request.app.state
     key: str | None = getattr(state, "console_key", None)
     if key is None:
+        # Read before the request's own session touches the database: on SQLite that session
+        # holds this process's write lock from its first statement on.
         services = state.services
         key = signing_key(services.sessions, services.clock())
         state.console_key = key

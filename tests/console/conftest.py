@@ -41,9 +41,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """Chromium of the operating system, headless; the browser tests skip where there is none."""
+    """Chromium of the operating system, headless; the browser tests skip where there is none.
+
+    One per module, not per session: Playwright's sync API keeps an event loop running in this
+    thread while it is open, which would break later tests that call asyncio.run."""
     path = chromium_path()
     if path is None:
         pytest.skip("BROWSER TESTS SKIPPED: no Chromium found (apt-get install chromium, or set "

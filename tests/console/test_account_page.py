@@ -157,3 +157,19 @@ def test_change_plan_block_unblock_port_out_and_consent(
     assert actions[:5] == [("alice", "account.port_out"), ("alice", "account.consent"),
                            ("alice", "account.unblock"), ("alice", "account.block"),
                            ("alice", "subscription.change_plan")]
+
+
+def test_an_apple_plan_change_tells_the_agent_what_the_customer_must_do(
+    app: RunningApp, apple_ca: AppleTestCA, client_for: Clients
+) -> None:
+    """Apple lets only the customer change a plan: after the request the card shows the new
+    plan and the App Store link to send them."""
+    sub = apple_subscription(app, apple_ca, ACCOUNT, otx=OTX)
+    agent = client_for(app, "bob", "agent")
+    confirm = agent.get(f"/console/subscriptions/{sub['id']}/confirm/change-plan").text
+    assert "the customer must make the change in the store" in confirm
+    done = post_form(agent, f"/console/subscriptions/{sub['id']}/change-plan",
+                     {"reason": "wants yearly", "product_id": "com.example.phone.yearly"})
+    assert done.status_code == 303
+    page = agent.get(f"/console/accounts/{ACCOUNT}").text
+    assert "The customer must change the plan:</strong> to com.example.phone.yearly" in page
