@@ -30,7 +30,7 @@ from reconcile.console.auth import (
 from reconcile.console.charts import Bar, bar_chart
 from reconcile.console.overview import CHANNELS, STATUSES, overview
 from reconcile.console.render import STATIC, page
-from reconcile.console.service import sign_in, sign_out
+from reconcile.console.service import csrf_matches, sign_in, sign_out, signed_in
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/console", include_in_schema=False)
@@ -101,11 +101,16 @@ def login(
 
 
 @router.post("/logout")
-def logout(request: Request, session: SessionDep) -> Response:
-    """Ends the session on the server too; works even when it has already expired."""
+def logout(request: Request, session: SessionDep, now: NowDep,
+           csrf_token: Annotated[str, Form()] = "") -> Response:
+    """Ends the session on the server too; a live session needs its form's CSRF token (one
+    that has expired is simply forgotten)."""
     sid = session_id(request)
-    if sid is not None:
-        sign_out(session, sid)
+    live = signed_in(session, sid, now) if sid is not None else None
+    if live is not None:
+        if not csrf_matches(live, csrf_token):
+            raise Forbidden("This form is out of date. Reload the page and try again.")
+        sign_out(session, live.session.id)
     response = RedirectResponse("/console/login", status_code=303)
     response.delete_cookie(COOKIE, path="/console")
     return response

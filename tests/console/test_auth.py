@@ -37,8 +37,8 @@ def test_pages_redirect_to_the_sign_in_page(app: RunningApp, client_for: Clients
 def test_sign_in_sets_a_safe_cookie_and_sign_out_ends_the_session(
     app: RunningApp, client_for: Clients
 ) -> None:
-    """The session cookie is HttpOnly and SameSite=Lax; after sign-out it opens nothing, even
-    when replayed."""
+    """The session cookie is HttpOnly and SameSite=Lax; a forged sign-out is refused; after
+    sign-out the cookie opens nothing, even when replayed."""
     add_console_user(app, "alice", "viewer")
     client = client_for(app)
     answer = sign_in(client, "alice")
@@ -49,6 +49,8 @@ def test_sign_in_sets_a_safe_cookie_and_sign_out_ends_the_session(
     assert "Secure" not in cookie
     assert client.get("/console").status_code == 200
     stolen = client.cookies.get("console_session")
+    assert client.post("/console/logout", data={"csrf_token": "forged"}).status_code == 403
+    assert client.get("/console").status_code == 200
     token = csrf_of(client.get("/console").text)
     assert client.post("/console/logout", data={"csrf_token": token}).status_code == 303
     replay = client_for(app)
