@@ -27,7 +27,9 @@ from reconcile.api import (
 from reconcile.api.deps import require_admin, require_app
 from reconcile.api.input_checks import storable_input, unstorable, validation_error
 from reconcile.api.responses import document_admin_refusals
+from reconcile.audit import api as audit_api
 from reconcile.catalog import api as catalog_api
+from reconcile.console import api as console
 from reconcile.credits import api as credits_api
 from reconcile.errors import DomainError
 from reconcile.outage import is_unavailable
@@ -75,6 +77,8 @@ def create_app(services: Services, *, run_worker: bool = True) -> FastAPI:
     app.include_router(acknowledgements.router, dependencies=admin)
     app.include_router(credits_api.router, dependencies=app_token)
     app.include_router(credits_api.admin_router, dependencies=admin)
+    app.include_router(audit_api.router, dependencies=admin)
+    console.install(app)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -26,6 +26,7 @@ from reconcile.app import create_app
 from reconcile.catalog.file import CatalogError
 from reconcile.config import Settings
 from reconcile.config_check import ConfigError, load_settings, unknown_variables
+from reconcile.console import cli as console_users
 from reconcile.db import migrate, transaction
 from reconcile.errors import StoreNotConfigured
 from reconcile.models import Discrepancy, ReconciliationRun
@@ -295,6 +296,9 @@ def replay(
                   f"{done.changed}; {len(done.skipped)} skipped", highlight=False)
     services.close()
     raise typer.Exit(1 if done.skipped else 0)
+
+
+cli.add_typer(console_users.app, name="console-user")
 
 
 def main() -> None:

@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     # How far back the first run reads Apple's notification history (it keeps ~180 days).
     reconcile_history_days: float = Field(default=30.0, gt=0, le=180)
 
+    # How long a support-console sign-in lasts.
+    console_session_hours: float = Field(default=8.0, gt=0, le=24 * 30)
+
     @field_validator(
         "apple_environments", "apple_root_certs", "google_consumable_products", mode="before"
     )

@@ -315,4 +315,7 @@ class Cursor(Base):
 
 
 # Tables owned by domain folders, imported here so that Base.metadata holds them all.
+# Plain imports, not `from ... import`: either module may be the one imported first.
+import reconcile.audit.models  # noqa: E402
+import reconcile.console.models  # noqa: E402, F401
 from reconcile.credits.models import CreditBalance, CreditEntry  # noqa: E402, F401

@@ -11,6 +11,16 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[test]'
+# The console's browser tests drive Debian's Chromium (Playwright cannot download browsers here).
+if ! command -v chromium >/dev/null 2>&1 && [ -z "${RECONCILE_TEST_CHROMIUM:-}" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing chromium for the browser tests"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+      >/dev/null 2>&1 || echo "!! could not install chromium: the BROWSER TESTS WILL BE SKIPPED"
+  else
+    echo "!! no chromium and no way to install it: the BROWSER TESTS WILL BE SKIPPED"
+  fi
+fi
 .venv/bin/ruff check .
 .venv/bin/mypy
 

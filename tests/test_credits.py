@@ -160,7 +160,7 @@ def test_debits_are_idempotent_and_refused_without_cover(shop: RunningApp,
 
 def test_adjustments_are_admin_only_signed_and_need_a_note(shop: RunningApp,
                                                            apple_ca: AppleTestCA) -> None:
-    """An admin adjusts up or down with a note (201 the entry); the app token gets 403, a
+    """An admin adjusts up or down with a note (201 the entry, audited); the app token gets 403, a
     missing note or amount 0 422, an account never seen 404."""
     post_apple(shop, apple_ca, apple_pack(1, "7100000000000004", product=PACK_100))
     path = f"/v1/accounts/{ACCOUNT}/credits/adjustments"
@@ -178,6 +178,10 @@ def test_adjustments_are_admin_only_signed_and_need_a_note(shop: RunningApp,
                             json={"amount": 5, "note": "typo"}).status_code == 404
     totals, _ = ledger(shop)
     assert (totals["balance"], totals["adjusted"]) == (-30, -130)
+    audited = [item for item in shop.client.get("/v1/audit").json()["items"]
+               if item["action"] == "credits.adjust"]
+    assert [(a["actor"], a["target"]) for a in audited] == [("api", ACCOUNT), ("api", ACCOUNT)]
+    assert audited[0]["note"] == "-150 credits: duplicate grant"  # newest first
 
 
 def test_portal_purchase_grants_once_per_reference(shop: RunningApp) -> None:

@@ -17,6 +17,7 @@ from reconcile import accounts
 from reconcile.api.deps import NowDep, ServicesDep, SessionDep
 from reconcile.api.responses import answers
 from reconcile.api.schemas import BlockBody, CancelBody, ConsentBody, PortOutBody
+from reconcile.audit.service import API_ACTOR, record
 from reconcile.errors import UnknownAccount
 from reconcile.views import account_document
 
@@ -38,6 +39,8 @@ def cancel(account_id: str, body: CancelBody, session: SessionDep, services: Ser
     """Stop renewal of every subscription of the account, each on its own channel."""
     accounts.cancel_account(session, account_id, body.reason, body.note, now,
                             services.cancellers)
+    record(session, actor=API_ACTOR, action="account.cancel", target=account_id,
+           reason=body.reason, note=body.note, now=now)
     return answer(session, account_id, now)
 
 
@@ -46,6 +49,8 @@ def block(account_id: str, body: BlockBody, session: SessionDep, services: Servi
           now: NowDep) -> dict[str, Any]:
     """Acceptable-use block: no access from now, renewals cancelled, no refund."""
     accounts.block(session, account_id, body.reason, now, services.cancellers)
+    record(session, actor=API_ACTOR, action="account.block", target=account_id,
+           reason=body.reason, now=now)
     return answer(session, account_id, now)
 
 
@@ -53,6 +58,7 @@ def block(account_id: str, body: BlockBody, session: SessionDep, services: Servi
 def unblock(account_id: str, session: SessionDep, now: NowDep) -> dict[str, Any]:
     """Access returns for any paid period still running; renewals stay cancelled."""
     accounts.unblock(session, account_id, now)
+    record(session, actor=API_ACTOR, action="account.unblock", target=account_id, now=now)
     return answer(session, account_id, now)
 
 
@@ -64,6 +70,8 @@ def port_out(
     """The number left: billing stops after the current period, no partial refund."""
     note = body.note if body is not None else None
     accounts.cancel_account(session, account_id, "port_out", note, now, services.cancellers)
+    record(session, actor=API_ACTOR, action="account.port_out", target=account_id, note=note,
+           now=now)
     return answer(session, account_id, now)
 
 
@@ -72,6 +80,8 @@ def consent(account_id: str, body: ConsentBody, session: SessionDep,
             now: NowDep) -> dict[str, Any]:
     """Whether consumption data may be shared with Apple when a refund is requested."""
     accounts.set_consent(session, account_id, body.consumption_data, now)
+    record(session, actor=API_ACTOR, action="account.consent", target=account_id,
+           note=f"consumption_data={str(body.consumption_data).lower()}", now=now)
     return answer(session, account_id, now)
 
 

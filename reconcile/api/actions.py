@@ -16,6 +16,7 @@ from reconcile import cancellation
 from reconcile.api.deps import NowDep, ServicesDep, SessionDep
 from reconcile.api.responses import answers
 from reconcile.api.schemas import CancelBody, ChangePlanBody
+from reconcile.audit.service import API_ACTOR, record
 from reconcile.errors import UnknownSubscription
 from reconcile.models import OutboxEntry, Subscription
 from reconcile.views import present, request_json
@@ -36,6 +37,8 @@ def cancel(
     except cancellation.NotRenewing as error:
         error.identifiers["subscription"] = present(session, [row], now)[0]
         raise
+    record(session, actor=API_ACTOR, action="subscription.cancel", target=subscription_id,
+           reason=body.reason, note=body.note, now=now)
     session.flush()
     return {**present(session, [row], now)[0], "request": request_json(entry)}
 
@@ -53,6 +56,8 @@ def change_plan(
     except cancellation.NotRenewing as error:
         error.identifiers["subscription"] = present(session, [row], now)[0]
         raise
+    record(session, actor=API_ACTOR, action="subscription.change_plan", target=subscription_id,
+           note=f"product_id={body.product_id}", now=now)
     session.flush()
     return {**present(session, [row], now)[0],
             "request": None if entry is None else request_json(entry)}

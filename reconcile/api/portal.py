@@ -11,6 +11,7 @@ from fastapi import APIRouter
 from reconcile.api.deps import NowDep, SessionDep
 from reconcile.api.responses import answers
 from reconcile.api.schemas import PortalCreateBody, PortalPatchBody
+from reconcile.audit.service import API_ACTOR, record
 from reconcile.cancellation import load_for_update
 from reconcile.chains import find_subscription
 from reconcile.channels import portal
@@ -33,6 +34,8 @@ def create(body: PortalCreateBody, session: SessionDep, now: NowDep) -> dict[str
     fields = body.model_dump(exclude={"store_id"})
     fields["expires_at"] = body.expires_at.astimezone(UTC)
     subscription_id = portal.create(session, store_id, fields, now)
+    record(session, actor=API_ACTOR, action="portal.create", target=subscription_id,
+           note=_changes(body.model_dump(mode="json")), now=now)
     session.flush()
     return present(session, [_get(session, subscription_id)], now)[0]
 
@@ -55,8 +58,14 @@ def update(subscription_id: str, body: PortalPatchBody, session: SessionDep,
     if "expires_at" in given:
         given["expires_at"] = given["expires_at"].astimezone(UTC)
     portal.update(session, row, given, now)
+    record(session, actor=API_ACTOR, action="portal.update", target=subscription_id,
+           note=_changes(body.model_dump(mode="json", include=body.model_fields_set)), now=now)
     session.flush()
     return present(session, [row], now)[0]
+
+
+def _changes(fields: dict[str, Any]) -> str:
+    return " ".join(f"{name}={value}" for name, value in sorted(fields.items()))
 
 
 def _get(session: SessionDep, subscription_id: str) -> Subscription:

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict
 
 from reconcile.api.deps import NowDep, ServicesDep, SessionDep
 from reconcile.api.responses import answers
+from reconcile.audit.service import API_ACTOR, record
 from reconcile.errors import DomainError
 from reconcile.reconciliation.report import (
     FIRST_PAGE,
@@ -46,6 +47,8 @@ def start(
     """Record the run and answer at once; the worker (or a `reconcile run`) carries it out."""
     filters = Filters(body.channel, body.account_id, body.store_id)
     run = services.reconciler.start(session, filters, dry_run=body.dry_run, now=now)
+    record(session, actor=API_ACTOR, action="reconciliation.start", target=run.id,
+           note=" ".join(f"{k}={v}" for k, v in sorted(body.model_dump().items())), now=now)
     return {**run_json(run, []), "counts": {}, "discrepancies_next_cursor": None}
 
 

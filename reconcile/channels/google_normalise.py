@@ -64,6 +64,13 @@ def main_item(purchase: Json) -> Json:
     return max(items, key=lambda item: str(item.get("expiryTime") or ""))
 
 
+def _latest_order(purchase: Json) -> str | None:
+    orders = [item.get("latestSuccessfulOrderId") for item in purchase.get("lineItems") or []
+              if isinstance(item, dict)]
+    found = [order for order in orders if isinstance(order, str) and order]
+    return found[-1] if found else None
+
+
 def environment(purchase: Json) -> str:
     test = "testPurchase" in purchase or purchase.get("purchaseType") == 0
     return "sandbox" if test else "production"
@@ -151,7 +158,9 @@ def subscription(
         environment=environment(purchase),
         fields=fields,
         linked_store_ids=linked_ids,
-        detail={"subscription_state": state, "linked_purchase_token": linked or None},
+        detail={"subscription_state": state, "linked_purchase_token": linked or None,
+                # The support console finds a subscription by the order id a customer quotes.
+                "order_id": _latest_order(purchase)},
     )
     acknowledgement = None
     if purchase.get("acknowledgementState") == ACK_PENDING and state in ACKNOWLEDGEABLE:

@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from reconcile.accounts import known_account
 from reconcile.api.deps import NowDep, ServicesDep, SessionDep
+from reconcile.audit.service import API_ACTOR, record
 from reconcile.credits import grants, service
 from reconcile.errors import Invalid
 from reconcile.models import Purchase
@@ -26,10 +27,6 @@ from reconcile.views import decode_cursor, encode_cursor, is_blocked, purchase_j
 
 router = APIRouter(prefix="/v1/accounts", tags=["credits"])
 admin_router = APIRouter(tags=["credits"])
-
-# The actor the audit log names for the admin token (see the contract's audit section).
-API_ACTOR = "api"
-
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -111,6 +108,8 @@ def adjustment(account_id: str, body: AdjustmentBody, session: SessionDep,
     known_account(session, account_id, now)
     actor, note = API_ACTOR, body.note
     entry = service.adjust(session, account_id, body.amount, note, actor, now)
+    record(session, actor=actor, action="credits.adjust", target=account_id,
+           note=f"{body.amount:+d} credits: {note}", now=now)
     return service.entry_json(entry)
 
 
@@ -140,6 +139,8 @@ def portal_purchase(body: PortalPurchaseBody, session: SessionDep, services: Ser
         purchased_at=purchased_at,
     )
     row = record_purchase(session, seen, now, services.catalog)
+    record(session, actor=API_ACTOR, action="portal.purchase", target=body.reference,
+           note=f"{body.quantity} x {body.product_id} for {body.account_id}", now=now)
     return _answer(session, row)
 
 

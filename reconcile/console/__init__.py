@@ -1,0 +1,1 @@
+"""The support console: server-rendered pages for the support desk under /console."""

@@ -1,0 +1,138 @@
+"""The overview's figures: what the service holds and whether its queues keep up.
+
+Each is one grouped query; buckets of time are cut in SQL (per hour, per day), so the cost
+follows the number of buckets rather than the number of notifications.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.orm import Session
+
+from reconcile.models import (
+    Acknowledgement,
+    InboxEntry,
+    OutboxEntry,
+    ReconciliationRun,
+    Refund,
+    Subscription,
+)
+
+HOURS = 48
+WEEKS = 12
+STATUSES = ("active", "grace_period", "billing_retry", "paused", "pending", "expired", "revoked")
+CHANNELS = ("apple", "google", "portal")
+ACK_STALE = timedelta(hours=24)
+
+
+@dataclass
+class Overview:
+    counts: dict[str, dict[str, int]]
+    per_hour: list[tuple[datetime, int]]
+    lag_seconds: dict[str, float]
+    pending: int
+    failed: int
+    refunds_per_week: list[tuple[datetime, int]]
+    unacknowledged: int
+    unacknowledged_stale: int
+    apple_actions: int
+    apple_action_rows: list[OutboxEntry] = field(default_factory=list)
+    latest_run: ReconciliationRun | None = None
+
+    @property
+    def totals(self) -> dict[str, int]:
+        return {c: sum(self.counts.get(c, {}).values()) for c in CHANNELS}
+
+
+def _bucket(session: Session, column: Any, unit: str) -> ColumnElement[str]:
+    """`column` cut to its hour ('2026-11-01 12') or day ('2026-11-01'), in UTC, as text."""
+    if session.get_bind().dialect.name == "postgresql":
+        pattern = "YYYY-MM-DD HH24" if unit == "hour" else "YYYY-MM-DD"
+        return func.to_char(func.timezone("UTC", column), pattern)
+    return func.strftime("%Y-%m-%d %H" if unit == "hour" else "%Y-%m-%d", column)
+
+
+def overview(session: Session, now: datetime) -> Overview:
+    counts: dict[str, dict[str, int]] = {}
+    for channel, status, count in session.execute(
+        select(Subscription.channel, Subscription.status, func.count())
+        .group_by(Subscription.channel, Subscription.status)
+    ):
+        counts.setdefault(channel, {})[status] = count
+    return Overview(
+        counts=counts,
+        per_hour=_per_hour(session, now),
+        lag_seconds=_lag(session, now),
+        pending=_inbox_count(session, "pending"),
+        failed=_inbox_count(session, "failed"),
+        refunds_per_week=_refunds_per_week(session, now),
+        unacknowledged=session.scalar(
+            select(func.count()).select_from(Acknowledgement)
+            .where(Acknowledgement.acknowledged_at.is_(None))) or 0,
+        unacknowledged_stale=session.scalar(
+            select(func.count()).select_from(Acknowledgement)
+            .where(Acknowledgement.acknowledged_at.is_(None),
+                   Acknowledgement.first_seen_at < now - ACK_STALE)) or 0,
+        apple_actions=session.scalar(select(func.count()).select_from(OutboxEntry)
+                                     .where(*_apple_waiting())) or 0,
+        apple_action_rows=list(session.scalars(
+            select(OutboxEntry).where(*_apple_waiting())
+            .order_by(OutboxEntry.id.desc()).limit(5))),
+        latest_run=session.scalars(
+            select(ReconciliationRun)
+            .order_by(ReconciliationRun.started_at.desc(), ReconciliationRun.id.desc())
+            .limit(1)).first(),
+    )
+
+
+def _apple_waiting() -> tuple[ColumnElement[bool], ...]:
+    return (OutboxEntry.channel == "apple", OutboxEntry.state == "customer_action_required",
+            OutboxEntry.kind.in_(("cancel", "change_plan")))
+
+
+def _inbox_count(session: Session, status: str) -> int:
+    return session.scalar(select(func.count()).select_from(InboxEntry)
+                          .where(InboxEntry.status == status)) or 0
+
+
+def _per_hour(session: Session, now: datetime) -> list[tuple[datetime, int]]:
+    end = now.replace(minute=0, second=0, microsecond=0)
+    start = end - timedelta(hours=HOURS - 1)
+    hour = _bucket(session, InboxEntry.received_at, "hour")
+    found = dict(session.execute(
+        select(hour, func.count()).where(InboxEntry.received_at >= start).group_by(hour)
+    ).tuples().all())
+    hours = [start + timedelta(hours=n) for n in range(HOURS)]
+    return [(h, int(found.get(h.strftime("%Y-%m-%d %H"), 0))) for h in hours]
+
+
+def _lag(session: Session, now: datetime) -> dict[str, float]:
+    lag = {}
+    for channel, oldest in session.execute(
+        select(InboxEntry.channel, func.min(InboxEntry.received_at))
+        .where(InboxEntry.status == "pending").group_by(InboxEntry.channel)
+    ):
+        if oldest is not None:
+            oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)
+            lag[channel] = max(0.0, (now - oldest).total_seconds())
+    return lag
+
+
+def _refunds_per_week(session: Session, now: datetime) -> list[tuple[datetime, int]]:
+    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    this_week = today - timedelta(days=today.weekday())
+    start = this_week - timedelta(weeks=WEEKS - 1)
+    day = _bucket(session, Refund.refunded_at, "day")
+    weeks = {start + timedelta(weeks=n): 0 for n in range(WEEKS)}
+    for text, count in session.execute(
+        select(day, func.count()).where(Refund.refunded_at >= start).group_by(day)
+    ):
+        date = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
+        week = date - timedelta(days=date.weekday())
+        if week in weeks:
+            weeks[week] += count
+    return sorted(weeks.items())
