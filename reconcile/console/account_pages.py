@@ -25,6 +25,8 @@ from reconcile.console.render import page
 from reconcile.console.search import search
 from reconcile.console.service import Signed
 from reconcile.console.users import may
+from reconcile.credits.service import entries as credit_entries
+from reconcile.credits.service import entry_json
 from reconcile.errors import DomainError
 from reconcile.models import InboxEntry, Subscription
 from reconcile.views import account_document, present
@@ -56,8 +58,8 @@ def search_page(request: Request, signed: ReaderDep, session: SessionDep, now: N
 
 @router.get("/accounts/{account_id}")
 def account_page(request: Request, account_id: str, signed: ReaderDep, session: SessionDep,
-                 now: NowDep, done: str | None = None) -> Response:
-    document = account_document(session, account_id, now)
+                 services: ServicesDep, now: NowDep, done: str | None = None) -> Response:
+    document = account_document(session, account_id, now, services.catalog)
     if document is None:
         return page(request, "message.html", {
             "signed": signed, "heading": "Nothing found", "error": True,
@@ -94,8 +96,10 @@ def _account_context(session: Session, document: dict[str, Any],
     subs = document["subscriptions"]
     ids = [s["id"] for s in subs]
     refunds = refunds_of(session, account_id, ids) if account_id else []
+    ledger = credit_entries(session, account_id, before=None, limit=50) if account_id else []
     return {
         "doc": document,
+        "ledger": [entry_json(entry) for entry in ledger],
         "account_id": account_id,
         "refunds": refunds,
         "refund_requests": refund_requests_of(session, account_id) if account_id else [],
@@ -207,6 +211,7 @@ def account_action(
     request: Request, account_id: str, action: str, signed: ViewerPost, session: SessionDep,
     services: ServicesDep, now: NowDep, reason: Annotated[str, Form()] = "",
     consent: Annotated[str, Form()] = "",
+    amount: Annotated[str, Form()] = "",
 ) -> Response:
     spec = _permitted(signed, action, "account")
     try:
@@ -214,11 +219,11 @@ def account_action(
         with session.begin_nested():
             actions.account_action(session, spec.name, account_id, actor=signed.user.name,
                                    reason=why, consented=consent == "yes", now=now,
-                                   cancellers=services.cancellers)
+                                   cancellers=services.cancellers, amount=amount)
     except DomainError as error:
         return _confirm_page(request, signed, session, now, action, None, account_id,
                              error=error.message, status_code=error.status_code,
-                             values={"reason": reason})
+                             values={"reason": reason, "amount": amount})
     return RedirectResponse(f"/console/accounts/{quote(account_id, safe='')}?done={action}",
                             status_code=303)
 

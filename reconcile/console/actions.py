@@ -19,6 +19,7 @@ from reconcile import accounts, cancellation
 from reconcile.audit.service import record
 from reconcile.cancellation import APPLE_MANAGE_URL, Reason
 from reconcile.console.users import Role
+from reconcile.credits import service as credits
 from reconcile.errors import Invalid
 from reconcile.models import Subscription
 
@@ -49,6 +50,8 @@ ACTIONS: Mapping[str, Action] = {
                "The port-out was recorded: renewals are cancelled."),
         Action("consent", "agent", "Record consent", "Record the customer's consent?",
                "account", "The customer's consent was recorded."),
+        Action("adjust-credits", "agent", "Adjust credits", "Adjust the credit balance?",
+               "account", "The credit adjustment was recorded."),
     )
 }
 DONE = {a.name: a.done for a in ACTIONS.values()}
@@ -94,6 +97,11 @@ def consequence(action: str, subscription: dict[str, Any] | None,
         return ["Future billing stops: every renewal is cancelled on its channel.",
                 f"Access continues until {_until(latest)}; there is no partial refund for the "
                 "remaining period."]
+    if action == "adjust-credits":
+        balance = ((document or {}).get("credits") or {}).get("balance", 0)
+        return [f"The balance is {balance} credits now. A positive amount adds credits, a "
+                "negative one takes them away; the ledger keeps both entries for good.",
+                "This is a correction, not a refund: no money moves."]
     if action == "consent":
         return ["Whether the customer agrees that their usage may be shared with Apple when "
                 "they ask Apple for a refund (Apple then hears that the service was delivered).",
@@ -136,8 +144,10 @@ def change_plan(
 def account_action(
     session: Session, action: str, account_id: str, *, actor: str, reason: str,
     consented: bool, now: datetime, cancellers: Mapping[str, cancellation.Canceller],
+    amount: str = "",
 ) -> None:
-    """Block, unblock, port out or record consent, through `reconcile.accounts`."""
+    """Block, unblock, port out, record consent (`reconcile.accounts`) or adjust credits
+    (`reconcile.credits`)."""
     note = None
     if action == "block":
         accounts.block(session, account_id, reason, now, cancellers)
@@ -148,7 +158,24 @@ def account_action(
     elif action == "consent":
         accounts.set_consent(session, account_id, consented, now)
         note = f"consumption_data={str(consented).lower()}"
+    elif action == "adjust-credits":
+        change = _amount(amount)
+        accounts.known_account(session, account_id, now)
+        credits.adjust(session, account_id, change, reason, actor, now)
+        record(session, actor=actor, action="credits.adjust", target=account_id,
+               reason=reason, note=f"{change:+d} credits: {reason}", now=now)
+        return
     else:
         raise Invalid(f"unknown action {action}")
     record(session, actor=actor, action=f"account.{action.replace('-', '_')}",
            target=account_id, reason=reason, note=note, now=now)
+
+
+def _amount(text: str) -> int:
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise Invalid("Give the number of credits to add (or, negative, to take away).") from None
+    if value == 0 or abs(value) > 10_000_000:
+        raise Invalid("The amount must be a non-zero number of credits.")
+    return value

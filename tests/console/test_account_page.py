@@ -173,3 +173,30 @@ def test_an_apple_plan_change_tells_the_agent_what_the_customer_must_do(
     assert done.status_code == 303
     page = agent.get(f"/console/accounts/{ACCOUNT}").text
     assert "The customer must change the plan:</strong> to com.example.phone.yearly" in page
+
+
+def test_an_agent_adjusts_credits_and_sees_the_ledger(
+    app: RunningApp, client_for: Clients
+) -> None:
+    """An agent's credit adjustment lands in the ledger as the API's would, audited by name,
+    and the account page shows the balance and the entry; a viewer may not adjust."""
+    portal_subscription(app, ACCOUNT)
+    agent = client_for(app, "bob", "agent")
+    confirm = agent.get(f"/console/accounts/{ACCOUNT}/confirm/adjust-credits")
+    assert confirm.status_code == 200
+    assert "no money moves" in confirm.text
+    path = f"/console/accounts/{ACCOUNT}/adjust-credits"
+    assert post_form(agent, path, {"reason": "goodwill", "amount": "abc"}).status_code == 422
+    assert post_form(agent, path, {"reason": "goodwill", "amount": "25"}).status_code == 303
+    credits = app.client.get(f"/v1/accounts/{ACCOUNT}/credits").json()
+    assert (credits["balance"], credits["adjusted"]) == (25, 25)
+    [audit] = [i for i in app.client.get("/v1/audit").json()["items"]
+               if i["action"] == "credits.adjust"]
+    assert (audit["actor"], audit["reason"], audit["note"]) == ("bob", "goodwill",
+                                                                "+25 credits: goodwill")
+    page = agent.get(f"/console/accounts/{ACCOUNT}").text
+    assert "Credit balance: <strong>25</strong>" in page
+    assert "adjustment" in page
+    viewer = client_for(app, "vera", "viewer")
+    assert post_form(viewer, path, {"reason": "x", "amount": "5"}).status_code == 403
+    assert app.client.get(f"/v1/accounts/{ACCOUNT}/credits").json()["balance"] == 25
