@@ -24,6 +24,7 @@ from reconcile.api import (
 from reconcile.api.deps import require_admin, require_app
 from reconcile.catalog import api as catalog_api
 from reconcile.errors import DomainError
+from reconcile.notify import api as notify_api
 from reconcile.services import Services
 from webhooks.routes import OPENAPI_PATHS, WebhookLane
 
@@ -61,6 +62,8 @@ def create_app(services: Services, *, run_worker: bool = True) -> FastAPI:
     app.include_router(portal.router, dependencies=admin)
     app.include_router(reconciliations.router, dependencies=admin)
     app.include_router(acknowledgements.router, dependencies=admin)
+    app.include_router(notify_api.feed_router, dependencies=app_token)
+    app.include_router(notify_api.router, dependencies=admin)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

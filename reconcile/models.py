@@ -296,3 +296,12 @@ class Cursor(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime]
+
+
+from reconcile.notify.models import (  # noqa: E402, F401  (outbound events' tables)
+    Delivery,
+    EntitlementMark,
+    Event,
+    EventCounter,
+    WebhookEndpoint,
+)

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from reconcile.chains import find_subscription
 from reconcile.ids import new_id
 from reconcile.models import Account, Acknowledgement, OutboxEntry, Purchase, Refund, Subscription
+from reconcile.notify.service import emit, touch, track_purchase
 from reconcile.outcomes import (
     AcknowledgementDue,
     ConsumptionRequested,
@@ -22,6 +23,7 @@ from reconcile.outcomes import (
     RefundSeen,
 )
 from reconcile.state import Stamp
+from reconcile.views import refund_json
 
 # Apple wants a consumption answer within 12 hours of the request.
 CONSUMPTION_DEADLINE = timedelta(hours=12)
@@ -42,6 +44,7 @@ def record_purchase(session: Session, seen: PurchaseSeen, now: datetime) -> Purc
         select(Purchase).where(Purchase.channel == seen.channel.value,
                                Purchase.store_id == seen.store_id)
     ).first()
+    track_purchase(session, row, now)
     if row is None:
         row = Purchase(
             id=new_id("pur"), channel=seen.channel.value, environment=seen.environment,
@@ -52,6 +55,7 @@ def record_purchase(session: Session, seen: PurchaseSeen, now: datetime) -> Purc
             consumed=False, clock={"state": seen.stamp.encode()}, created_at=now, updated_at=now,
         )
         session.add(row)
+        track_purchase(session, None, now, purchase_id=row.id)
     else:
         held = row.clock.get("state")
         if held is None or Stamp.decode(held) < seen.stamp:
@@ -101,9 +105,13 @@ def record_refund(
             consumption_answer_sent=_consumption_answered(session, seen.store_id),
         )
         session.add(row)
+        emit(session, type="refund.recorded", account_id=row.account_id,
+             data={"refund": refund_json(row)}, now=now, subscription_id=subscription_id)
+        touch(session, row.account_id, now)
     if seen.reversed:
         row.reversed_at = row.reversed_at or seen.stamp.time
     if purchase is not None:
+        track_purchase(session, purchase, now)
         held = purchase.clock.get("state")
         if held is None or Stamp.decode(held) < seen.stamp:
             purchase.state = "purchased" if seen.reversed else "revoked"
