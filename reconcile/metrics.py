@@ -24,6 +24,7 @@ from reconcile.models import (
     Refund,
     Subscription,
 )
+from reconcile.notify.metrics import EventsCollector
 
 
 class Metrics:
@@ -44,6 +45,7 @@ class Metrics:
             ["channel", "reason"], registry=self.registry,
         )
         self.registry.register(_DatabaseCollector(sessions, clock, unacknowledged_age_hours))
+        self.registry.register(EventsCollector(sessions, clock))
         if catalog is not None and catalog.products:
             self.registry.register(_UnknownProducts(sessions, catalog))
 

@@ -18,6 +18,7 @@ from reconcile.db import transaction
 from reconcile.models import Purchase, Subscription
 from reconcile.notify import service as notify
 from reconcile.notify.event_types import EVENT_TYPES
+from reconcile.notify.models import Event
 from reconcile.outcomes import PurchaseSeen, RefundSeen
 from reconcile.state import Channel, Stamp
 from reconcile.store_records import record_purchase, record_refund
@@ -28,7 +29,6 @@ from tests.support.events import (
     active,
     emitting_sessions,
     events_after,
-    kinds,
     observe,
     top,
 )
@@ -159,8 +159,9 @@ CASES = [
          lambda s: accounts.port_out(s, A, "moved", NOW, CANCELLERS),
          [("account.ported_out", A), ("subscription.cancellation_updated", A)]),
     Case("portal: created", [],
-         lambda s: portal.create(s, "portal-1", {"account_id": A, "product_id": "portal.pro.monthly",
-                                                 "expires_at": LATER, "auto_renew": True}, NOW),
+         lambda s: portal.create(s, "portal-1", {
+             "account_id": A, "product_id": "portal.pro.monthly", "expires_at": LATER,
+             "auto_renew": True}, NOW),
          [("subscription.started", A), *ENTITLED]),
     Case("credits.granted (the ledger's one-line call)", [],
          lambda s: notify.emit(s, type="credits.granted", account_id=A,
@@ -185,8 +186,8 @@ def test_each_change_emits_its_events(sessions: sessionmaker[Session], case: Cas
     with transaction(sessions) as session:
         start = top(session)
         counted = {account: session.scalar(
-            select(notify.Event.sequence).where(notify.Event.account_id == account)
-            .order_by(notify.Event.sequence.desc()).limit(1)) or 0 for account in (A, B)}
+            select(Event.sequence).where(Event.account_id == account)
+            .order_by(Event.sequence.desc()).limit(1)) or 0 for account in (A, B)}
     with transaction(sessions) as session:
         case.change(session)
     with transaction(sessions) as session:
