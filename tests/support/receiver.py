@@ -32,6 +32,8 @@ class Receiver:
     # Per path: "ok", "fail" (500), "gone" (410), "hang" (until `release`), or seconds to wait.
     behaviour: dict[str, str | float] = field(default_factory=dict)
     received: list[Received] = field(default_factory=list)
+    # (path, webhook-id) of every request as it arrives, before it is answered.
+    arrived: list[tuple[str, str]] = field(default_factory=list)
     release: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -74,6 +76,8 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
                 except WebhookVerificationError:
                     continue
                 verified.append(secret)
+            with receiver.lock:
+                receiver.arrived.append((self.path, headers.get("webhook-id", "")))
             mode = receiver.behaviour.get(self.path, "ok")
             if mode == "hang":
                 receiver.release.wait(60)
