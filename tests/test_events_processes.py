@@ -122,7 +122,9 @@ def test_the_feed_under_two_writing_processes(
     cursor: list[str | None] = [None]
 
     def follow(client: httpx.Client) -> None:
-        params = {"limit": 50, **({"cursor": cursor[0]} if cursor[0] else {})}
+        params: dict[str, str | int] = {"limit": 50}
+        if cursor[0]:
+            params["cursor"] = cursor[0]
         page = client.get(f"{first_url}/v1/events", params=params, headers=ADMIN).json()
         followed.extend(page["items"])
         if page["next_cursor"]:
