@@ -144,6 +144,7 @@ def settle(session: Session) -> int:
     if not isinstance(pending, _Pending) or pending.now is None:
         return 0
     now = pending.now
+    session.flush()  # a writer may have worked with autoflush off: diff what is really there
     events = pending.events
     accounts = set(pending.accounts)
     if pending.subscriptions:
@@ -181,7 +182,9 @@ def _subscription_events(
         .execution_options(populate_existing=True)
     ))
     afters = {row.id: view for row, view in zip(rows, present(session, rows, now), strict=True)}
-    candidates = [i for i in befores if i in afters and afters[i]["entitled"]]
+    # Only a subscription that becomes entitled may be starting: was it ever entitled before?
+    candidates = [i for i, before in befores.items() if i in afters and afters[i]["entitled"]
+                  and (before is None or not before["entitled"])]
     started = set(session.scalars(
         select(Event.subscription_id).where(Event.type == "subscription.started",
                                             Event.subscription_id.in_(candidates))
