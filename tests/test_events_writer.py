@@ -273,3 +273,24 @@ def test_the_sweep_tells_access_that_ended_by_time_alone_once(
     with transaction(sessions) as session:
         assert [e.type for e in events_after(session, found[-1].position)] == [
             "subscription.expired"]
+
+
+def test_an_event_emitted_in_a_rolled_back_savepoint_is_dropped(
+    sessions: sessionmaker[Session],
+) -> None:
+    """A savepoint that rolls back (a reconciliation repair losing a race) takes its events
+    with it; what was emitted outside it stays."""
+    with transaction(sessions) as session:
+        notify.emit(session, type="credits.granted", account_id="acct", data={"kept": 1},
+                    now=NOW)
+        savepoint = session.begin_nested()
+        notify.emit(session, type="credits.granted", account_id="acct", data={"kept": 0},
+                    now=NOW)
+        savepoint.rollback()
+        with session.begin_nested():
+            notify.emit(session, type="credits.debited", account_id="acct", data={"kept": 2},
+                        now=NOW)
+    with transaction(sessions) as session:
+        found = events_after(session, 0)
+    assert [(e.type, e.sequence, e.data) for e in found] == [
+        ("credits.granted", 1, {"kept": 1}), ("credits.debited", 2, {"kept": 2})]

@@ -50,6 +50,8 @@ class _Pending:
 
     now: datetime | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
+    # The savepoint each emitted event was made in (None: the transaction itself).
+    savepoints: list[SessionTransaction | None] = field(default_factory=list)
     subscriptions: dict[str, View | None] = field(default_factory=dict)
     purchases: dict[str, View | None] = field(default_factory=dict)
     accounts: set[str] = field(default_factory=set)
@@ -94,6 +96,7 @@ def emit(
         "id": event_id, "type": type, "account_id": account_id,
         "subscription_id": subscription_id, "created_at": now, "data": dict(data),
     })
+    pending.savepoints.append(session.get_nested_transaction())
     return event_id
 
 
@@ -338,3 +341,20 @@ def _after_rollback(session: Session, previous_transaction: SessionTransaction) 
     if not session.in_transaction():
         session.info.pop(PENDING_KEY, None)
         session.info.pop("reconcile.notify.wrote", None)
+        return
+    pending = session.info.get(PENDING_KEY)
+    if isinstance(pending, _Pending) and previous_transaction.nested:
+        # A savepoint rolled back (a reconciliation repair that lost a race): so did what
+        # was emitted inside it. Tracked resources need nothing: they are diffed at commit.
+        kept = [(e, sp) for e, sp in zip(pending.events, pending.savepoints, strict=True)
+                if not _within(sp, previous_transaction)]
+        pending.events = [e for e, _ in kept]
+        pending.savepoints = [sp for _, sp in kept]
+
+
+def _within(savepoint: SessionTransaction | None, rolled_back: SessionTransaction) -> bool:
+    while savepoint is not None:
+        if savepoint is rolled_back:
+            return True
+        savepoint = savepoint.parent
+    return False
