@@ -68,6 +68,11 @@ def _move_subscription(session: Session) -> None:
     row.account_id = B
 
 
+def _portal_created(session: Session) -> None:
+    portal.create(session, "portal-1", {"account_id": A, "product_id": "portal.pro.monthly",
+                                        "expires_at": LATER, "auto_renew": True}, NOW)
+
+
 Step = Callable[[Session], object]
 ENTITLED = [("entitlement.granted", A, "calling"), ("entitlement.granted", A, "pro")]
 LOST = [("entitlement.revoked", A, "calling"), ("entitlement.revoked", A, "pro")]
@@ -163,6 +168,13 @@ CASES = [
              "account_id": A, "product_id": "portal.pro.monthly", "expires_at": LATER,
              "auto_renew": True}, NOW),
          [("subscription.started", A), *ENTITLED]),
+    Case("portal: renewed by a PATCH", [_portal_created],
+         lambda s: portal.update(s, _sub(s), {"expires_at": LATER + timedelta(days=30)}, NOW),
+         [("subscription.renewed", A)], {"expires_at": "2026-12-31T12:00:00Z"}),
+    Case("portal: the expiry job's write", [_portal_created],
+         lambda s: portal.record(s, _sub(s), {"status": "expired"}, "PORTAL_EXPIRED",
+                                 LATER + timedelta(minutes=1)),
+         [("subscription.expired", A), *LOST]),
     Case("credits.granted (the ledger's one-line call)", [],
          lambda s: notify.emit(s, type="credits.granted", account_id=A,
                                data={"entry": {"amount": 500}}, now=NOW),
