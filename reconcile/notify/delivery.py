@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -83,6 +84,8 @@ class DeliveryJob:
     transport: httpx.BaseTransport | None = None
     name: str = "webhook-delivery"
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    # One claim at a time per process: each sees what the last one handed out.
+    _claiming: threading.Lock = field(default_factory=threading.Lock, init=False)
     _in_flight: dict[int, str] = field(default_factory=dict, init=False)
     _futures: set[Future[None]] = field(default_factory=set, init=False)
 
@@ -96,6 +99,10 @@ class DeliveryJob:
 
     def run_once(self, now: datetime) -> int:
         """Claim what is due and free to go, hand it to the pool; returns how many."""
+        with self._claiming:
+            return self._hand_out(now)
+
+    def _hand_out(self, now: datetime) -> int:
         with self._lock:
             free = self.concurrency - len(self._in_flight)
             busy: dict[str, int] = {}
@@ -113,11 +120,15 @@ class DeliveryJob:
             future.add_done_callback(self._done)
         return len(attempts)
 
-    def wait(self, timeout: float | None = None) -> None:
-        """Until every attempt handed out so far has its outcome written (tests, shutdown)."""
-        with self._lock:
-            pending = set(self._futures)
-        wait(pending, timeout)
+    def wait(self, timeout: float = 30.0) -> None:
+        """Until no attempt is in flight, including those the finished ones handed out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                pending = set(self._futures)
+            if not pending:
+                return
+            wait(pending, max(0.0, deadline - time.monotonic()))
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -187,6 +198,14 @@ class DeliveryJob:
         finally:
             with self._lock:
                 self._in_flight.pop(attempt.delivery_id, None)
+        # The next of this account's events (and whatever else is due) goes at once, not on
+        # the worker's next round: one account's events go out one round trip apart.
+        try:
+            self.run_once(self.clock())
+        except RuntimeError:
+            pass  # the pool is shut down: the process is stopping
+        except Exception:
+            log.exception("claiming webhook deliveries failed")
             if self.wake is not None:
                 self.wake.set()
 
