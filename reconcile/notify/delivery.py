@@ -198,6 +198,9 @@ class DeliveryJob:
         finally:
             with self._lock:
                 self._in_flight.pop(attempt.delivery_id, None)
+                left = sum(1 for e in self._in_flight.values() if e == attempt.endpoint_id)
+        if left > self.per_endpoint // 2:
+            return  # enough in flight: refill in batches, one claim for several attempts
         # The next of this account's events (and whatever else is due) goes at once, not on
         # the worker's next round: one account's events go out one round trip apart.
         try:
