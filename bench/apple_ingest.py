@@ -7,6 +7,7 @@ naively with the library's `SignedDataVerifier` (notification + transaction + re
     python -m bench.apple_ingest --notifications 3000 --clients 8 --rounds 3
     python -m bench.apple_ingest --database-url postgresql+psycopg://... --processes 2
     python -m bench.apple_ingest --workers 1        # and a `reconcile worker` beside serve
+    python -m bench.apple_ingest --endpoint         # one webhook endpoint (a local receiver)
 
 Each round starts a service on a fresh SQLite file; the round with the median ratio is
 reported in full (a shared machine's speed drifts between rounds).
@@ -19,13 +20,16 @@ import json
 import subprocess
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import httpx
 from appstoreserverlibrary.models.Environment import Environment
 from appstoreserverlibrary.signed_data_verifier import SignedDataVerifier
 from sqlalchemy import func, select
 
+from bench.events import slow_receiver
 from bench.load import percentile, post_concurrently
 from reconcile.db import make_engine, make_sessionmaker, migrate
 from reconcile.models import InboxEntry
@@ -107,6 +111,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "(always one round with --database-url)")
     parser.add_argument("--database-url", default=None,
                         help="default: a temporary SQLite file per round")
+    parser.add_argument("--endpoint", action="store_true",
+                        help="register one webhook endpoint (a local receiver answering 200): "
+                             "every event is also queued and delivered")
+    parser.add_argument("--catalog", default=None,
+                        help="RECONCILE_CATALOG_FILE for the service (entitlement events)")
     args = parser.parse_args(argv)
     rounds = 1 if args.database_url else max(1, args.rounds)
 
@@ -143,14 +152,21 @@ def run(args: argparse.Namespace, ca: AppleTestCA, root: Path, payloads: list[st
     # different speeds says more about the drift than about the service.
     naive_before = naive_rate(ca, sample)
 
-    env = service_env(database_url, root, RECONCILE_WORKER_POLL_SECONDS="0.05")
+    extra = {"RECONCILE_CATALOG_FILE": args.catalog} if args.catalog else {}
+    env = service_env(database_url, root, RECONCILE_WORKER_POLL_SECONDS="0.05", **extra)
     processes: list[subprocess.Popen[bytes]] = []
     urls = []
+    receivers = ExitStack()
     try:
         for _ in range(args.processes):
             process, url = start_service(env)
             processes.append(process)
             urls.append(url)
+        if args.endpoint:
+            receiver = receivers.enter_context(slow_receiver(0.0))
+            httpx.post(f"{urls[0]}/v1/webhook-endpoints", json={"url": receiver},
+                       headers={"Authorization": "Bearer process-admin-token"},
+                       timeout=30).raise_for_status()
         processes.extend(start_worker(env) for _ in range(args.workers))
         began = time.perf_counter()
         latencies, posting = post_concurrently(urls, "/webhooks/apple", bodies, args.clients)
@@ -161,6 +177,7 @@ def run(args: argparse.Namespace, ca: AppleTestCA, root: Path, payloads: list[st
             process.wait(30)
             if process.stderr is not None:
                 process.stderr.close()
+        receivers.close()
     naive_after = naive_rate(ca, sample)
     naive = (naive_before + naive_after) / 2
 
@@ -169,6 +186,7 @@ def run(args: argparse.Namespace, ca: AppleTestCA, root: Path, payloads: list[st
         "database": database_url.split(":", 1)[0],
         "processes": args.processes,
         "worker_processes": args.workers,
+        "webhook_endpoint": args.endpoint,
         "notifications": len(payloads),
         "clients": args.clients,
         "accepted_per_second": len(payloads) / posting,

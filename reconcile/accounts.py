@@ -17,7 +17,9 @@ from sqlalchemy.orm import Session
 from reconcile.cancellation import Canceller, Reason, cancel_all
 from reconcile.errors import UnknownAccount
 from reconcile.models import Account, Purchase, Subscription
+from reconcile.notify.service import emit, touch
 from reconcile.store_records import ensure_account
+from reconcile.views import iso
 
 
 def known_account(session: Session, account_id: str, now: datetime) -> Account:
@@ -75,6 +77,9 @@ def block(
         account.blocked_at = now
         account.block_reason = reason
         account.updated_at = now
+        emit(session, type="account.blocked", account_id=account_id,
+             data=account_data(account), now=now)
+        touch(session, account_id, now)
     cancel_all(session, subscriptions_of(session, account_id), "policy_block", reason, now,
                cancellers)
 
@@ -86,6 +91,32 @@ def unblock(session: Session, account_id: str, now: datetime) -> None:
         account.blocked_at = None
         account.block_reason = None
         account.updated_at = now
+        emit(session, type="account.unblocked", account_id=account_id,
+             data=account_data(account), now=now)
+        touch(session, account_id, now)
+
+
+def port_out(
+    session: Session,
+    account_id: str,
+    note: str | None,
+    now: datetime,
+    cancellers: Mapping[str, Canceller],
+) -> None:
+    """The customer takes the number elsewhere: renewal stops everywhere, access runs on to
+    the end of what is paid, nothing is refunded."""
+    cancel_account(session, account_id, "port_out", note, now, cancellers)
+    emit(session, type="account.ported_out", account_id=account_id,
+         data={**account_data(known_account(session, account_id, now)), "note": note}, now=now)
+
+
+def account_data(account: Account) -> dict[str, object]:
+    """What an `account.*` event carries."""
+    return {"account": {
+        "account_id": account.account_id,
+        "blocked": None if account.blocked_at is None
+        else {"at": iso(account.blocked_at), "reason": account.block_reason},
+    }}
 
 
 def set_consent(session: Session, account_id: str, consented: bool, now: datetime) -> None:

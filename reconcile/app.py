@@ -32,6 +32,7 @@ from reconcile.catalog import api as catalog_api
 from reconcile.console import api as console
 from reconcile.credits import api as credits_api
 from reconcile.errors import DomainError
+from reconcile.notify import api as notify_api
 from reconcile.outage import is_unavailable
 from reconcile.purchases import api as purchases_api
 from reconcile.services import Services
@@ -79,6 +80,8 @@ def create_app(services: Services, *, run_worker: bool = True) -> FastAPI:
     app.include_router(credits_api.admin_router, dependencies=admin)
     app.include_router(audit_api.router, dependencies=admin)
     console.install(app)
+    app.include_router(notify_api.feed_router, dependencies=app_token)
+    app.include_router(notify_api.router, dependencies=admin)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

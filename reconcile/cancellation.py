@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from reconcile.channels import portal
 from reconcile.errors import Conflict, UnknownSubscription
 from reconcile.models import OutboxEntry, Subscription
+from reconcile.notify.service import track_subscription
 from reconcile.state import Status
 
 Reason = Literal["customer_request", "policy_block", "port_out", "admin"]
@@ -171,6 +172,7 @@ def cancel(
 
     Raises `NotRenewing` when the subscription has ended or already renews no more.
     """
+    track_subscription(session, row, now)
     current = latest(session, "cancel", row.id)
     if current is not None and _stands(current, row):
         return current
@@ -193,6 +195,7 @@ def change_plan(
 ) -> OutboxEntry | None:
     """Make `product_id` what renews next. Asking again for the same product answers the
     standing request; None when it renews already without any request (nothing changes)."""
+    track_subscription(session, row, now)
     if has_ended(row, now):
         raise NotRenewing(row.id, f"has ended ({_ended_status(row, now)})")
     renews = (row.renewal_product_id or row.product_id) == product_id

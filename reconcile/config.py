@@ -81,6 +81,26 @@ class Settings(BaseSettings):
 
     # How long a support-console sign-in lasts.
     console_session_hours: float = Field(default=8.0, gt=0, le=24 * 30)
+    # Outbound events (reconcile/notify): webhook delivery and the entitlement sweep.
+    webhook_retry_seconds: Annotated[list[float], NoDecode] = [
+        5, 300, 1800, 7200, 18000, 36000, 36000]
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    webhook_allow_http: bool = False
+    webhook_concurrency: int = Field(default=64, gt=0)  # attempts in flight, all endpoints
+    webhook_endpoint_concurrency: int = Field(default=8, gt=0)  # in flight per endpoint
+    entitlement_sweep_seconds: float = Field(default=60.0, gt=0)
+
+    @field_validator("webhook_retry_seconds", mode="before")
+    @classmethod
+    def _retry_list(cls, value: object) -> object:
+        return _split(value)
+
+    @field_validator("webhook_retry_seconds")
+    @classmethod
+    def _retry_delays(cls, value: list[float]) -> list[float]:
+        if any(delay < 0 for delay in value):
+            raise ValueError("webhook retry delays cannot be negative")
+        return value
 
     @field_validator(
         "apple_environments", "apple_root_certs", "google_consumable_products", mode="before"

@@ -23,6 +23,7 @@ from reconcile.models import (
     Subscription,
     SubscriptionEvent,
 )
+from reconcile.notify.service import track_new_subscription, track_subscription
 from reconcile.outcomes import (
     Normalised,
 )
@@ -106,7 +107,9 @@ def apply_observation(
         row = continued_by_account(session, observation)
     if row is None:
         row = _new_subscription(session, observation, now)
+        track_new_subscription(session, row.id, now)
     else:
+        track_subscription(session, row, now)
         for other in older:
             if other.id != row.id:
                 absorb(session, row, other, now)

@@ -27,6 +27,8 @@ from sqlalchemy.orm.exc import StaleDataError
 from reconcile.ids import new_id
 from reconcile.ingest import _jsonable
 from reconcile.models import Account, OutboxEntry, StoreId, Subscription, SubscriptionEvent
+from reconcile.notify.changes import View
+from reconcile.notify.service import track_views
 from reconcile.outcomes import Normalised
 from reconcile.state import (
     STATE_FIELDS,
@@ -38,12 +40,15 @@ from reconcile.state import (
     decode_clock,
     encode_clock,
 )
+from reconcile.views import present
 
 # Outbox entries that a state change may confirm (see `confirm_cancellations`,
 # `confirm_plan_changes`): a subscription with any of them goes through `ingest`.
 _CONFIRMABLE_KINDS = ("cancel", "change_plan")
 _OPEN_STATES = ("pending", "sent", "customer_action_required")
 
+# Stored columns besides the state that a subscription's view shows.
+_VIEWED = ("channel", "environment", "last_event_at", "created_at", "updated_at")
 _SUBSCRIPTIONS = cast(Table, Subscription.__table__)
 _EVENTS = cast(Table, SubscriptionEvent.__table__)
 _STORE_IDS = cast(Table, StoreId.__table__)
@@ -63,6 +68,7 @@ class _Held:
     store_id: str
     version: int  # 0: not in the database yet
     state: SubscriptionState
+    row: dict[str, Any] | None = None  # the stored columns the subscription's view needs
 
 
 def ingest_many(
@@ -119,6 +125,7 @@ def ingest_many(
         elif state != row.state:
             writes.append(_write(row, state, now))
         done.update(inbox_id for inbox_id, _ in group)
+    _track(session, held, created, writes, now)
     if created:
         session.execute(insert(_SUBSCRIPTIONS), created)
         session.execute(insert(_STORE_IDS), [
@@ -132,6 +139,29 @@ def ingest_many(
     if accounts:
         _ensure_accounts(session, accounts, now)
     return done
+
+
+def _track(
+    session: Session,
+    held: dict[str, _Held | None],
+    created: list[dict[str, Any]],
+    writes: list[dict[str, Any]],
+    now: datetime,
+) -> None:
+    """Tell the event writer what changes, with each subscription's view before (the same
+    `track_*` that `ingest` calls, so the commit derives the same events)."""
+    if not (created or writes):
+        return
+    changed = {values["b_id"] for values in writes}
+    before = [Subscription(id=row.id, store_id=row.store_id, **row.row) for row in held.values()
+              if row is not None and row.row is not None and row.id in changed]
+    views: list[tuple[str, str, View | None]] = [
+        (values["store_id"], values["id"], None) for values in created]
+    views.extend((sub.store_id, sub.id, view)
+                 for sub, view in zip(before, present(session, before, now), strict=True))
+    # In store-id order, the order in which the worker hands outcomes to `ingest`.
+    track_views(session, {sub_id: view for _, sub_id, view in sorted(
+        views, key=lambda item: item[:2])}, now)
 
 
 def _ensure_accounts(session: Session, account_ids: set[str], now: datetime) -> None:
@@ -185,7 +215,7 @@ def _lock(session: Session, store_ids: list[str]) -> dict[str, _Held | None]:
     s = _SUBSCRIPTIONS.c
     rows = session.execute(
         select(StoreId.store_id, s.id, s.store_id.label("held_store_id"), s.version,
-               *(s[name] for name in STATE_FIELDS), s.clock)
+               *(s[name] for name in STATE_FIELDS), s.clock, *(s[name] for name in _VIEWED))
         .join(_SUBSCRIPTIONS, s.id == StoreId.subscription_id)
         .where(StoreId.channel == Channel.APPLE.value, StoreId.store_id.in_(store_ids))
         .order_by(StoreId.store_id)
@@ -204,7 +234,8 @@ def _lock(session: Session, store_ids: list[str]) -> dict[str, _Held | None]:
             prepaid=row["prepaid"],
             clock=decode_clock(row["clock"]),
         )
-        held[row["store_id"]] = _Held(row["id"], row["held_store_id"], row["version"], state)
+        held[row["store_id"]] = _Held(row["id"], row["held_store_id"], row["version"], state,
+                                      {name: row[name] for name in (*STATE_FIELDS, *_VIEWED)})
     ids = [row.id for row in held.values()]
     return {store_id: row if ids.count(row.id) == 1 else None for store_id, row in held.items()}
 

@@ -35,6 +35,7 @@ from reconcile.models import (
     Refund,
     Subscription,
 )
+from reconcile.notify.metrics import EventsCollector
 from reconcile.outage import DatabaseWatch, is_unavailable
 from reconcile.reconciliation.runs import COMPLETED_CURSOR
 
@@ -62,6 +63,7 @@ class Metrics:
         )
         self.registry.register(_DatabaseCollector(sessions, clock, unacknowledged_age_hours,
                                                   database or DatabaseWatch()))
+        self.registry.register(EventsCollector(sessions, clock))
         if catalog is not None and catalog.products:
             self.registry.register(_UnknownProducts(sessions, catalog))
         self.registry.register(CreditsCollector(sessions))

@@ -319,3 +319,10 @@ class Cursor(Base):
 import reconcile.audit.models  # noqa: E402
 import reconcile.console.models  # noqa: E402, F401
 from reconcile.credits.models import CreditBalance, CreditEntry  # noqa: E402, F401
+from reconcile.notify.models import (  # noqa: E402, F401  (outbound events' tables)
+    Delivery,
+    EntitlementMark,
+    Event,
+    EventCounter,
+    WebhookEndpoint,
+)

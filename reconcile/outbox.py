@@ -21,6 +21,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
 from reconcile.db import transaction
 from reconcile.models import OutboxEntry, Subscription
+from reconcile.notify.service import track_subscription
 from reconcile.worker import backoff
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,8 @@ class GoogleCancelJob:
             due: list[tuple[int, str, str]] = []
             for row in claimed:
                 sub = session.get(Subscription, row.subscription_id or "")
+                if sub is not None:
+                    track_subscription(session, sub, now)
                 if sub is not None and not sub.auto_renew:
                     # The store already shows renewal off (the customer was quicker, or an
                     # earlier attempt landed before a crash): nothing left to send.
@@ -129,6 +132,7 @@ class GoogleCancelJob:
             row = session.get(OutboxEntry, entry_id, with_for_update=True)
             # Confirmed meanwhile (the RTDN was faster than this commit): keep the later state.
             if row is not None and row.state == "pending":
+                _track(session, row, now)
                 settle(row, "sent", now)
 
     def _failed(self, entry_id: int, error: Exception, now: datetime) -> None:
@@ -137,9 +141,17 @@ class GoogleCancelJob:
             row = session.get(OutboxEntry, entry_id, with_for_update=True)
             if row is None or row.state != "pending":
                 return
+            _track(session, row, now)
             if self.is_permanent(error):
                 settle(row, "failed", now, f"Google Play refused the cancellation: {message}")
             else:
                 log.warning("Google cancel of outbox entry %s failed, will retry: %s",
                             entry_id, message)
                 retry_or_fail(row, message, now, self.max_attempts)
+
+
+def _track(session: Session, entry: OutboxEntry, now: datetime) -> None:
+    """A cancellation's state is part of its subscription's view: tell when it moves."""
+    sub = session.get(Subscription, entry.subscription_id or "")
+    if sub is not None:
+        track_subscription(session, sub, now)

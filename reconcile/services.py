@@ -27,6 +27,9 @@ from reconcile.consumption import ConsumptionJob
 from reconcile.credits.check import LedgerCheck
 from reconcile.db import make_engine, make_read_engine, make_sessionmaker
 from reconcile.metrics import Metrics
+from reconcile.notify import service as notify
+from reconcile.notify.delivery import DeliveryJob
+from reconcile.notify.sweep import EntitlementSweep
 from reconcile.outage import DatabaseWatch
 from reconcile.outbox import GoogleCancelJob
 from reconcile.ratelimit import RateLimiter
@@ -80,7 +83,7 @@ class Services:
         if isinstance(google, GoogleProcessor):
             google.close()
         for job in self.jobs:
-            if isinstance(job, AcknowledgementJob):
+            if isinstance(job, AcknowledgementJob | DeliveryJob):
                 job.close()
         if self.play is not None:
             self.play.close()
@@ -158,6 +161,19 @@ def build_services(
                        max_attempts=settings.worker_max_attempts)
     )
     services.jobs.append(PortalExpiryJob(sessions=sessions))
+    # Outbound events: the commit of every writer records them (see reconcile.notify.service).
+    notify.configure(sessions, catalog, services.new_work)
+    services.jobs.append(EntitlementSweep(
+        sessions, timedelta(seconds=settings.entitlement_sweep_seconds)))
+    services.jobs.append(DeliveryJob(
+        sessions, owner=worker_id(), retry_seconds=settings.webhook_retry_seconds,
+        timeout=settings.webhook_timeout_seconds,
+        lease=timedelta(seconds=max(settings.worker_lease_seconds,
+                                    2 * settings.webhook_timeout_seconds)),
+        concurrency=settings.webhook_concurrency,
+        per_endpoint=settings.webhook_endpoint_concurrency, clock=clock,
+        wake=services.new_work,
+    ))
     interval = settings.reconcile_interval_minutes
     services.jobs.append(
         ReconcileJob(reconciler, timedelta(minutes=interval) if interval > 0 else None)

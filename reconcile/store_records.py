@@ -16,6 +16,7 @@ from reconcile.chains import find_subscription
 from reconcile.credits.grants import claw_back, move_grant, settle_purchase
 from reconcile.ids import new_id
 from reconcile.models import Account, Acknowledgement, OutboxEntry, Purchase, Refund, Subscription
+from reconcile.notify.service import emit, touch, track_purchase
 from reconcile.outcomes import (
     AcknowledgementDue,
     ConsumptionRequested,
@@ -24,6 +25,7 @@ from reconcile.outcomes import (
     RefundSeen,
 )
 from reconcile.state import Stamp
+from reconcile.views import refund_json
 
 # Apple wants a consumption answer within 12 hours of the request.
 CONSUMPTION_DEADLINE = timedelta(hours=12)
@@ -49,6 +51,7 @@ def record_purchase(
         select(Purchase).where(Purchase.channel == seen.channel.value,
                                Purchase.store_id == seen.store_id)
     ).first()
+    track_purchase(session, row, now)
     if row is None:
         row = Purchase(
             id=new_id("pur"), channel=seen.channel.value, environment=seen.environment,
@@ -59,6 +62,7 @@ def record_purchase(
             consumed=False, clock={"state": seen.stamp.encode()}, created_at=now, updated_at=now,
         )
         session.add(row)
+        track_purchase(session, None, now, purchase_id=row.id)
     else:
         held = row.clock.get("state")
         if held is None or Stamp.decode(held) < seen.stamp:
@@ -115,11 +119,16 @@ def record_refund(
             partial=seen.partial, quantity=seen.quantity,
         )
         session.add(row)
+        emit(session, type="refund.recorded", account_id=row.account_id,
+             data={"refund": refund_json(row)}, now=now, subscription_id=subscription_id)
+        touch(session, row.account_id, now)
     elif row.partial and row.quantity is None and seen.quantity:
         # Google's notification of a partial refund has no quantity; the voided list has it.
         row.quantity = seen.quantity
     if seen.reversed:
         row.reversed_at = row.reversed_at or seen.stamp.time
+    if purchase is not None:
+        track_purchase(session, purchase, now)
     if purchase is not None and not seen.partial:
         held = purchase.clock.get("state")
         if held is None or Stamp.decode(held) < seen.stamp:
@@ -199,6 +208,7 @@ def link_purchase(
     previous = row.account_id
     if previous == account_id:
         return False
+    track_purchase(session, row, now)  # purchase.transferred, to both accounts
     row.account_id = account_id
     row.updated_at = now
     ensure_account(session, account_id, now)

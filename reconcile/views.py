@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from reconcile.catalog.file import Catalog
 from reconcile.catalog.service import grants_of
 from reconcile.credits.service import totals
-from reconcile.models import Account, OutboxEntry, Purchase, StoreId, Subscription
+from reconcile.models import Account, OutboxEntry, Purchase, Refund, StoreId, Subscription
 from reconcile.state import Status, entitled
 
 CANCELLATION_STATES = {"pending": "requested"}
@@ -182,6 +182,22 @@ def purchase_json(row: Purchase, blocked: bool) -> dict[str, Any]:
         "consumed": row.consumed,
         "purchased_at": iso(row.purchased_at),
         "revoked_at": iso(row.revoked_at),
+    }
+
+
+def refund_json(row: Refund) -> dict[str, Any]:
+    """A refund the store made, as `GET /v1/refunds` lists it."""
+    return {
+        "channel": row.channel,
+        "store_id": row.store_id,
+        "account_id": row.account_id,
+        "product_id": row.product_id,
+        "amount": row.amount,
+        "currency": row.currency,
+        "refunded_at": iso(row.refunded_at),
+        "consumption_answer_sent": row.consumption_answer_sent,
+        "subscription_id": row.subscription_id,
+        "reversed_at": iso(row.reversed_at),
     }
 
 

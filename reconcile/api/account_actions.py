@@ -69,7 +69,7 @@ def port_out(
 ) -> dict[str, Any]:
     """The number left: billing stops after the current period, no partial refund."""
     note = body.note if body is not None else None
-    accounts.cancel_account(session, account_id, "port_out", note, now, services.cancellers)
+    accounts.port_out(session, account_id, note, now, services.cancellers)
     record(session, actor=API_ACTOR, action="account.port_out", target=account_id, note=note,
            now=now)
     return answer(session, account_id, now)

@@ -15,7 +15,7 @@ from reconcile.api.responses import answers
 from reconcile.api.schemas import RequestState
 from reconcile.models import OutboxEntry, Refund
 from reconcile.state import Channel
-from reconcile.views import iso
+from reconcile.views import iso, refund_json
 
 router = APIRouter(prefix="/v1/refunds", tags=["refunds"])
 
@@ -36,18 +36,7 @@ def refunds(
     page, next_cursor = keyset_page(session, query, Refund.id, cursor, limit, int)
     return {
         "items": [
-            {
-                "channel": r.channel,
-                "store_id": r.store_id,
-                "account_id": r.account_id,
-                "product_id": r.product_id,
-                "amount": r.amount,
-                "currency": r.currency,
-                "refunded_at": iso(r.refunded_at),
-                "consumption_answer_sent": r.consumption_answer_sent,
-                "subscription_id": r.subscription_id,
-                "reversed_at": iso(r.reversed_at),
-            }
+            refund_json(r)
             for r in page
         ],
         "next_cursor": next_cursor,

@@ -86,6 +86,11 @@ def totals(session: Session, account_id: str) -> Totals:
     return Totals(account_id, *row)
 
 
+# The event each kind of entry is told to the business as, in the entry's transaction.
+EVENT_TYPES = {"grant": "credits.granted", "debit": "credits.debited",
+               "adjustment": "credits.adjusted", "clawback": "credits.clawed_back"}
+
+
 def append(
     session: Session,
     *,
@@ -131,6 +136,11 @@ def append(
     )
     session.add(entry)
     session.flush()
+    # Imported here: the events writer reads the account view, which reads balances here.
+    from reconcile.notify.service import emit
+
+    emit(session, type=EVENT_TYPES[kind], account_id=account_id,
+         data={"entry": entry_json(entry)}, now=now)
     return entry
 
 

@@ -35,7 +35,7 @@ def service_env(database_url: str, apple_root: Path, **extra: str) -> dict[str, 
 
 
 def start_service(
-    env: dict[str, str], *args: str, log: Path | None = None
+    env: dict[str, str], *args: str, log: Path | None = None, ready_within: float = 30.0
 ) -> tuple[subprocess.Popen[bytes], str]:
     """`reconcile serve` on a free port; returns the process and its base URL once it answers.
 
@@ -45,7 +45,7 @@ def start_service(
     port = free_port()
     process, log = _spawn(env, ["serve", "--port", str(port), *args], log)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + ready_within
     while time.monotonic() < deadline:
         if process.poll() is not None:
             output = log.read_text(errors="replace")[-4000:]
