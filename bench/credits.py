@@ -20,9 +20,7 @@ import http.client
 import json
 import os
 import random
-import socket
 import tempfile
-import threading
 import time
 from contextlib import ExitStack
 from datetime import UTC, datetime
@@ -33,7 +31,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import Table, insert
 
 from bench.apple_ingest_pg import throwaway_postgres
-from bench.load import percentile
+from bench.load import percentile, send_concurrently
 from reconcile.catalog.file import load_catalog
 from reconcile.credits.models import CreditBalance, CreditEntry
 from reconcile.db import make_engine, make_sessionmaker, migrate, transaction
@@ -80,46 +78,14 @@ def debit_concurrently(url: str, accounts: list[str], count: int, clients: int,
                        label: str) -> tuple[list[float], float]:
     """`count` debits of 1 with `clients` threads on kept-alive connections; every answer
     must be 201 (a refusal means the seed was too small: the run measures nothing)."""
-    latencies: list[float] = []
-    failures: list[str] = []
-    lock = threading.Lock()
     rng = random.Random(5)
-    plan = [(rng.choice(accounts), f"{label}-{n}") for n in range(count)]
-    split = urlsplit(url)
-
-    def run(index: int) -> None:
-        mine: list[float] = []
-        connection = http.client.HTTPConnection(split.hostname or "127.0.0.1", split.port,
-                                                timeout=60)
-        connection.connect()
-        connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
-        try:
-            for account, key in plan[index::clients]:
-                body = json.dumps({"amount": 1, "idempotency_key": key})
-                began = time.perf_counter()
-                connection.request("POST", f"/v1/accounts/{account}/credits/debits", body,
-                                   headers)
-                response = connection.getresponse()
-                answer = response.read()
-                mine.append(time.perf_counter() - began)
-                if response.status != 201:
-                    failures.append(f"{response.status}: {answer[:200]!r}")
-                    return
-        finally:
-            connection.close()
-        with lock:
-            latencies.extend(mine)
-
-    started = time.perf_counter()
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if failures:
-        raise RuntimeError(f"unexpected answer {failures[0]}")
-    return latencies, time.perf_counter() - started
+    requests = [
+        ("POST", f"/v1/accounts/{rng.choice(accounts)}/credits/debits",
+         json.dumps({"amount": 1, "idempotency_key": f"{label}-{n}"}).encode())
+        for n in range(count)
+    ]
+    return send_concurrently([url], requests, clients, {"Authorization": f"Bearer {TOKEN}"},
+                             expect=201)
 
 
 def read_balances(url: str, account: str, reads: int) -> list[float]:

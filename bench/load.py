@@ -9,21 +9,24 @@ import threading
 import time
 from urllib.parse import urlsplit
 
+# One request of a run: method, path, body.
+Request = tuple[str, str, bytes]
 
-def post_concurrently(
+
+def send_concurrently(
     urls: list[str],
-    path: str,
-    bodies: list[bytes],
+    requests: list[Request],
     clients: int,
     headers: dict[str, str] | None = None,
+    expect: int = 200,
 ) -> tuple[list[float], float]:
-    """POST every body with `clients` threads (spread over `urls`); latencies and wall time.
+    """Send every request with `clients` threads (spread over `urls`); latencies and wall time.
 
     Each thread keeps one connection open and writes each request in one piece, as most HTTP
     clients do with a small body (`http.client` would send a body over its MSS guess apart from
     the headers); the answer is read with `http.client`. The load generator shares the
-    machine's cores with the service, so it should cost little. Any answer but 200 stops the
-    run: a benchmark that loses input measures nothing.
+    machine's cores with the service, so it should cost little. Any answer but `expect` stops
+    the run: a benchmark that loses input measures nothing.
     """
     latencies: list[float] = []
     lock = threading.Lock()
@@ -39,16 +42,16 @@ def post_concurrently(
         connection = socket.create_connection((url.hostname, url.port), timeout=30)
         connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            for body in bodies[index::clients]:
+            for method, path, body in requests[index::clients]:
                 began = time.perf_counter()
                 connection.sendall(
-                    f"POST {path} HTTP/1.1\r\n{head}Content-Length: {len(body)}\r\n\r\n"
+                    f"{method} {path} HTTP/1.1\r\n{head}Content-Length: {len(body)}\r\n\r\n"
                     .encode() + body)
                 response = http.client.HTTPResponse(connection)
                 response.begin()
                 answer = response.read()
                 mine.append(time.perf_counter() - began)
-                if response.status != 200:
+                if response.status != expect:
                     failures.append(f"{response.status}: {answer[:200]!r}")
                     return
         finally:
@@ -65,49 +68,24 @@ def post_concurrently(
     if failures:
         raise RuntimeError(f"unexpected answer {failures[0]}")
     return latencies, time.perf_counter() - started
+
+
+def post_concurrently(
+    urls: list[str],
+    path: str,
+    bodies: list[bytes],
+    clients: int,
+    headers: dict[str, str] | None = None,
+) -> tuple[list[float], float]:
+    """POST every body to `path` (see `send_concurrently`)."""
+    return send_concurrently(urls, [("POST", path, body) for body in bodies], clients, headers)
 
 
 def get_concurrently(
     url: str, paths: list[str], clients: int, headers: dict[str, str] | None = None
 ) -> tuple[list[float], float]:
-    """GET every path with `clients` threads on kept-alive connections; latencies and wall
-    time. Any answer but 200 stops the run."""
-    latencies: list[float] = []
-    lock = threading.Lock()
-    failures: list[str] = []
-    target = urlsplit(url)
-    head = "".join(f"{name}: {value}\r\n"
-                   for name, value in {"Host": target.netloc, **(headers or {})}.items())
-
-    def run(index: int) -> None:
-        mine: list[float] = []
-        connection = socket.create_connection((target.hostname, target.port), timeout=30)
-        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            for path in paths[index::clients]:
-                began = time.perf_counter()
-                connection.sendall(f"GET {path} HTTP/1.1\r\n{head}\r\n".encode())
-                response = http.client.HTTPResponse(connection)
-                response.begin()
-                answer = response.read()
-                mine.append(time.perf_counter() - began)
-                if response.status != 200:
-                    failures.append(f"{response.status}: {answer[:200]!r}")
-                    return
-        finally:
-            connection.close()
-        with lock:
-            latencies.extend(mine)
-
-    started = time.perf_counter()
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if failures:
-        raise RuntimeError(f"unexpected answer {failures[0]}")
-    return latencies, time.perf_counter() - started
+    """GET every path (see `send_concurrently`)."""
+    return send_concurrently([url], [("GET", path, b"") for path in paths], clients, headers)
 
 
 def percentile(values: list[float], q: int) -> float:

@@ -22,7 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -46,7 +46,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 # SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
-BigId = BigInteger().with_variant(Integer(), "sqlite")
+BigId: TypeEngine[int] = BigInteger().with_variant(Integer(), "sqlite")
 # Documents: `jsonb` on PostgreSQL (compact, comparable, indexable), JSON text on SQLite.
 JsonDocument = JSON().with_variant(JSONB(), "postgresql")
 
