@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from reconcile.audit.models import AuditRecord
 from reconcile.console.render import CHANNEL_WORDS
 from reconcile.models import OutboxEntry, Refund, SubscriptionEvent
+from reconcile.notify.models import Delivery, Event
 from reconcile.views import request_json
 
 TIMELINE_LIMIT = 200
@@ -21,6 +22,8 @@ REQUEST_WORDS = {"cancel": "Cancellation", "change_plan": "Plan change"}
 STATE_WORDS = {"requested": "waiting to be sent", "sent": "sent to the store",
                "customer_action_required": "the customer must act", "confirmed": "confirmed",
                "failed": "failed"}
+DELIVERY_WORDS = {"delivered": "delivered", "pending": "waiting to be delivered",
+                  "failed": "failed for good"}
 SOURCE_WORDS = {"apple": "App Store notification", "google": "Google Play notification",
                 "portal": "Portal", "reconciliation": "Reconciliation", "ingest": "Service"}
 
@@ -30,7 +33,7 @@ class Moment:
     """One line of the timeline."""
 
     at: datetime
-    kind: str  # store | admin | request | refund
+    kind: str  # store | admin | request | refund | event
     title: str
     detail: str = ""
     actor: str | None = None
@@ -104,6 +107,7 @@ def timeline(
                               f"{what}{target} asked of {CHANNEL_WORDS[entry.channel]}: "
                               f"{state}",
                               request["failure"] or "", extra={"request": request}))
+    moments.extend(_told(session, account_id))
     for refund in refunds:
         money = f"{refund.amount} {refund.currency}" if refund.amount else "amount unknown"
         moments.append(Moment(refund.refunded_at, "refund",
@@ -111,6 +115,32 @@ def timeline(
                               f"{money}; {refund.channel} {refund.store_id}"))
     moments.sort(key=lambda m: m.at, reverse=True)
     return moments[:TIMELINE_LIMIT]
+
+
+def _told(session: Session, account_id: str) -> list[Moment]:
+    """The events the business was told about the account, each with where its deliveries
+    stand (delivered, waiting for a retry, failed) on every endpoint."""
+    events = list(session.scalars(
+        select(Event).where(Event.account_id == account_id)
+        .order_by(Event.position.desc()).limit(TIMELINE_LIMIT)))
+    states: dict[str, list[str]] = {event.id: [] for event in events}
+    for event_id, status, attempts, code in session.execute(
+        select(Delivery.event_id, Delivery.status, Delivery.attempts, Delivery.last_status_code)
+        .where(Delivery.event_id.in_(list(states))).order_by(Delivery.id)
+    ):
+        words = DELIVERY_WORDS.get(status, status)
+        if status != "delivered" and attempts:
+            words += f" after {attempts} attempt{'s' if attempts != 1 else ''}"
+            if code:
+                words += f" (last answer {code})"
+        states[event_id].append(words)
+    return [
+        Moment(event.created_at, "event", f"Told the business: {event.type}",
+               "; ".join(states[event.id]) or "no endpoint takes it (the feed has it)",
+               extra={"sequence": event.sequence,
+                      "failed": any(w.startswith("failed") for w in states[event.id])})
+        for event in events
+    ]
 
 
 def _store_moment(event: SubscriptionEvent, product: str | None) -> Moment:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, case, func, select
 from sqlalchemy.orm import Session
 
 from reconcile.models import (
@@ -21,6 +21,7 @@ from reconcile.models import (
     Refund,
     Subscription,
 )
+from reconcile.notify.models import Delivery, WebhookEndpoint
 
 HOURS = 48
 WEEKS = 12
@@ -42,6 +43,8 @@ class Overview:
     apple_actions: int
     apple_action_rows: list[OutboxEntry] = field(default_factory=list)
     latest_run: ReconciliationRun | None = None
+    # Webhook endpoints with deliveries failed for good or still retrying, by endpoint URL.
+    failing_deliveries: list[tuple[str, int, int]] = field(default_factory=list)
 
     @property
     def totals(self) -> dict[str, int]:
@@ -86,7 +89,21 @@ def overview(session: Session, now: datetime) -> Overview:
             select(ReconciliationRun)
             .order_by(ReconciliationRun.started_at.desc(), ReconciliationRun.id.desc())
             .limit(1)).first(),
+        failing_deliveries=_failing_deliveries(session),
     )
+
+
+def _failing_deliveries(session: Session) -> list[tuple[str, int, int]]:
+    """(endpoint URL, deliveries failed for good, deliveries retrying after a failed attempt)."""
+    failing = func.sum(case((Delivery.status == "failed", 1), else_=0))
+    retrying = func.sum(case(((Delivery.status == "pending") & (Delivery.attempts > 0), 1),
+                             else_=0))
+    rows = session.execute(
+        select(WebhookEndpoint.url, failing, retrying)
+        .join(Delivery, Delivery.endpoint_id == WebhookEndpoint.id)
+        .where(Delivery.status.in_(("failed", "pending")))
+        .group_by(WebhookEndpoint.url).order_by(WebhookEndpoint.url))
+    return [(url, int(f or 0), int(r or 0)) for url, f, r in rows if f or r]
 
 
 def _apple_waiting() -> tuple[ColumnElement[bool], ...]:

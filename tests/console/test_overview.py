@@ -48,3 +48,29 @@ def test_sign_in_never_redirects_elsewhere(app: RunningApp, client_for: Clients)
         "username": "alice", "password": PASSWORD,
         "csrf_token": csrf_of(form.text), "next": "//evil.example/"})
     assert answer.headers["location"] == "/console"
+
+
+def test_events_told_and_failing_deliveries_are_shown(
+    app: RunningApp, client_for: Clients
+) -> None:
+    """An event whose endpoint is down shows on the account's timeline with its delivery
+    state, and the overview names the endpoint that is failing."""
+    dead = "http://127.0.0.1:9/hooks"  # the discard port: nothing answers
+    created = app.client.post("/v1/webhook-endpoints", json={"url": dead, "event_types": None})
+    assert created.status_code == 201, created.text
+    portal_subscription(app, "acct-ev-1", expires_at="2026-12-01T12:00:00Z")
+    app.drain()
+    viewer = client_for(app, "vic", "viewer")
+    overview = viewer.get("/console").text
+    tile = overview.split('id="t-hooks"')[1].split("</section>")[0]
+    assert dead in tile
+    assert "retrying" in tile
+    page = viewer.get("/console/accounts/acct-ev-1").text
+    assert "Told the business: subscription.started" in page
+    assert "waiting to be delivered after 1 attempt" in page
+
+
+def test_no_failing_deliveries_says_so(app: RunningApp, client_for: Clients) -> None:
+    """Without endpoints in trouble the tile says every event reached its endpoints."""
+    page = client_for(app, "vic", "viewer").get("/console").text
+    assert "every event reached its endpoints" in page.split('id="t-hooks"')[1]
