@@ -10,6 +10,7 @@ import pytest
 
 from reconcile.catalog.file import CatalogError, load_catalog
 from tests.support.purchases import CATALOG
+from tests.support.server import free_port
 
 
 def test_the_fixture_catalog_grants_entitlements_and_credits() -> None:
@@ -67,7 +68,8 @@ def test_serve_refuses_to_start_on_a_broken_catalog(tmp_path: Path) -> None:
     path.write_text("[[products]]\nid = \"a\"\nentitlements = [\"gold\"]\n")
     env = {"PATH": "/usr/bin:/bin", "RECONCILE_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
            "RECONCILE_CATALOG_FILE": str(path)}
-    done = subprocess.run([sys.executable, "-m", "reconcile", "serve", "--port", "0"],
+    port = str(free_port())
+    done = subprocess.run([sys.executable, "-m", "reconcile", "serve", "--port", port],
                           env=env, cwd=tmp_path, capture_output=True, timeout=60, check=False)
     assert done.returncode == 2
     stderr = done.stderr.decode()
