@@ -57,11 +57,12 @@ def granted_for(session: Session, purchase: Purchase) -> int:
 
 def held(session: Session, purchase: Purchase) -> dict[str, int]:
     """Credits of `purchase` each account holds now (grants less clawbacks and moves)."""
-    return dict(session.execute(  # type: ignore[arg-type]
+    # int(): PostgreSQL sums integers as numeric, which arrives as a Decimal.
+    return {account: int(total) for account, total in session.execute(
         select(CreditEntry.account_id, func.sum(CreditEntry.amount))
         .where(CreditEntry.source == source_of(purchase))
         .group_by(CreditEntry.account_id)
-    ).all())
+    )}
 
 
 def grant_purchase(

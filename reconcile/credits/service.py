@@ -113,6 +113,8 @@ def append(
     """
     if kind not in KINDS:
         raise ValueError(f"unknown ledger entry kind {kind!r}")
+    # Whole credits: a sum computed by PostgreSQL arrives as a Decimal.
+    amount = int(amount)
     if not covered:
         _ensure_balance(session, account_id, now)
     total = TOTALS[kind]
