@@ -63,10 +63,13 @@ class Metrics:
         )
         self.registry.register(_DatabaseCollector(sessions, clock, unacknowledged_age_hours,
                                                   database or DatabaseWatch()))
-        self.registry.register(EventsCollector(sessions, clock))
+        # The domains' own gauges read the database too: while it is away they are left out
+        # (reconcile_database_up says why) and /metrics keeps answering.
+        domains: list[Collector] = [EventsCollector(sessions, clock), CreditsCollector(sessions)]
         if catalog is not None and catalog.products:
-            self.registry.register(_UnknownProducts(sessions, catalog))
-        self.registry.register(CreditsCollector(sessions))
+            domains.append(_UnknownProducts(sessions, catalog))
+        for domain in domains:
+            self.registry.register(_UnlessDatabaseAway(domain))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -183,6 +186,22 @@ class _DatabaseCollector(Collector):
                 *reconciliation]
 
 
+class _UnlessDatabaseAway(Collector):
+    """`collector`'s metrics, or none while the database is unreachable."""
+
+    def __init__(self, collector: Collector) -> None:
+        self.collector = collector
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            metrics = list(self.collector.collect())
+        except Exception as error:
+            if not is_unavailable(error):
+                raise
+            return
+        yield from metrics
+
+
 class _UnknownProducts(Collector):
     """Stored subscriptions and purchases whose product the catalog does not name: they grant
     nothing, which is right for a retired product and a bug for a new one."""
@@ -197,19 +216,14 @@ class _UnknownProducts(Collector):
             "Subscriptions and one-time purchases of products the catalog does not name.",
             labels=["channel", "kind", "product_id"],
         )
-        try:
-            with self.sessions() as session:
-                for kind, model in (("subscription", Subscription), ("purchase", Purchase)):
-                    for channel, product, count in session.execute(
-                        select(model.channel, model.product_id, func.count())
-                        .group_by(model.channel, model.product_id)
-                    ):
-                        if product and not self.catalog.knows(product):
-                            unknown.add_metric([channel, kind, product], count)
-        except Exception as error:
-            if not is_unavailable(error):
-                raise
-            return  # reconcile_database_up says why; the process metrics still answer
+        with self.sessions() as session:
+            for kind, model in (("subscription", Subscription), ("purchase", Purchase)):
+                for channel, product, count in session.execute(
+                    select(model.channel, model.product_id, func.count())
+                    .group_by(model.channel, model.product_id)
+                ):
+                    if product and not self.catalog.knows(product):
+                        unknown.add_metric([channel, kind, product], count)
         yield unknown
 
 

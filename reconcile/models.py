@@ -48,7 +48,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 # SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
 BigId: TypeEngine[int] = BigInteger().with_variant(Integer(), "sqlite")
 # Documents: `jsonb` on PostgreSQL (compact, comparable, indexable), JSON text on SQLite.
-JsonDocument = JSON().with_variant(JSONB(), "postgresql")
+JsonDocument: TypeEngine[Any] = JSON().with_variant(JSONB(), "postgresql")
 
 
 class Base(DeclarativeBase):

@@ -17,7 +17,9 @@ from reconcile.worker import due_entries
 NOW = datetime(2026, 12, 1, 12, tzinfo=UTC)
 DOCUMENTS = {("subscriptions", "clock"), ("subscription_events", "detail"),
              ("purchases", "clock"), ("outbox", "payload"),
-             ("reconciliation_runs", "filters"), ("reconciliation_runs", "checkpoint")}
+             ("reconciliation_runs", "filters"), ("reconciliation_runs", "checkpoint"),
+             ("events", "data"), ("entitlement_marks", "grant"),
+             ("webhook_endpoints", "event_types")}
 
 
 @pytest.fixture

@@ -6,10 +6,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from reconcile.models import Base, BigId
+from reconcile.models import Base, BigId, JsonDocument
 
 
 class Event(Base):
@@ -31,7 +31,7 @@ class Event(Base):
     sequence: Mapped[int | None] = mapped_column(BigInteger)
     subscription_id: Mapped[str | None] = mapped_column(String(40))
     created_at: Mapped[datetime]
-    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    data: Mapped[dict[str, Any]] = mapped_column(JsonDocument)
 
 
 class EventCounter(Base):
@@ -55,7 +55,7 @@ class EntitlementMark(Base):
     entitlement: Mapped[str] = mapped_column(String(128), primary_key=True)
     active: Mapped[bool] = mapped_column(Boolean)
     due_at: Mapped[datetime | None]
-    grant: Mapped[dict[str, Any]] = mapped_column(JSON)
+    grant: Mapped[dict[str, Any]] = mapped_column(JsonDocument)
 
 
 class WebhookEndpoint(Base):
@@ -65,7 +65,7 @@ class WebhookEndpoint(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     url: Mapped[str] = mapped_column(Text)
-    event_types: Mapped[list[str] | None] = mapped_column(JSON)
+    event_types: Mapped[list[str] | None] = mapped_column(JsonDocument)
     description: Mapped[str | None] = mapped_column(Text)
     enabled: Mapped[bool] = mapped_column(Boolean)
     secret: Mapped[str] = mapped_column(String(128))

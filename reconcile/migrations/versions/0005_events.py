@@ -7,6 +7,10 @@ Create Date: 2026-12-01
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql
+
+# Documents are jsonb on PostgreSQL, like every other document column (0002).
+DOCUMENT = sa.JSON().with_variant(postgresql.JSONB(), 'postgresql')
 
 revision = '0005'
 down_revision = '0004'
@@ -20,7 +24,7 @@ def upgrade() -> None:
     sa.Column('entitlement', sa.String(length=128), nullable=False),
     sa.Column('active', sa.Boolean(), nullable=False),
     sa.Column('due_at', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('grant', sa.JSON(), nullable=False),
+    sa.Column('grant', DOCUMENT, nullable=False),
     sa.PrimaryKeyConstraint('account_id', 'entitlement')
     )
     with op.batch_alter_table('entitlement_marks', schema=None) as batch_op:
@@ -39,7 +43,7 @@ def upgrade() -> None:
     sa.Column('sequence', sa.BigInteger(), nullable=True),
     sa.Column('subscription_id', sa.String(length=40), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('data', sa.JSON(), nullable=False),
+    sa.Column('data', DOCUMENT, nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('position', name='uq_events_position')
     )
@@ -75,7 +79,7 @@ def upgrade() -> None:
     op.create_table('webhook_endpoints',
     sa.Column('id', sa.String(length=40), nullable=False),
     sa.Column('url', sa.Text(), nullable=False),
-    sa.Column('event_types', sa.JSON(), nullable=True),
+    sa.Column('event_types', DOCUMENT, nullable=True),
     sa.Column('description', sa.Text(), nullable=True),
     sa.Column('enabled', sa.Boolean(), nullable=False),
     sa.Column('secret', sa.String(length=128), nullable=False),
