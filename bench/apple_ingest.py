@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--endpoint", action="store_true",
                         help="register one webhook endpoint (a local receiver answering 200): "
                              "every event is also queued and delivered")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for the service, e.g. RECONCILE_WORKER_BATCH_SIZE=20")
     parser.add_argument("--catalog", default=None,
                         help="RECONCILE_CATALOG_FILE for the service (entitlement events)")
     args = parser.parse_args(argv)
@@ -153,6 +155,7 @@ def run(args: argparse.Namespace, ca: AppleTestCA, root: Path, payloads: list[st
     naive_before = naive_rate(ca, sample)
 
     extra = {"RECONCILE_CATALOG_FILE": args.catalog} if args.catalog else {}
+    extra.update(setting.split("=", 1) for setting in args.env)
     env = service_env(database_url, root, RECONCILE_WORKER_POLL_SECONDS="0.05", **extra)
     processes: list[subprocess.Popen[bytes]] = []
     urls = []

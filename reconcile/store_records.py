@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from reconcile.catalog.file import Catalog
 from reconcile.chains import find_subscription
-from reconcile.credits.grants import claw_back, move_grant, settle_purchase
+from reconcile.credits.grants import move_grant, settle_purchase, settle_refund
 from reconcile.ids import new_id
 from reconcile.models import Account, Acknowledgement, OutboxEntry, Purchase, Refund, Subscription
 from reconcile.notify.service import emit, touch, track_purchase
@@ -139,7 +139,7 @@ def record_refund(
     _settle_consumption_requests(session, seen)
     session.flush()
     if purchase is not None:
-        claw_back(session, row, purchase, catalog, now)
+        settle_refund(session, row, purchase, catalog, now)
     return row
 
 

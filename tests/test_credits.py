@@ -127,6 +127,29 @@ def test_apple_refund_claws_back_once_and_may_go_below_zero(
     assert (refused.status_code, refused.json()["balance"]) == (409, -60)
 
 
+def test_reversed_refund_reinstates_the_clawback_once(
+    shop: RunningApp, apple_ca: AppleTestCA
+) -> None:
+    """REFUND_REVERSED gives back what the REFUND clawed back, once even if reported twice, to
+    the account it was taken from; credits used meanwhile stay used."""
+    post_apple(shop, apple_ca, apple_pack(1, "7100000000000003", product=PACK_100))
+    assert debit(shop, 60, "call-1").status_code == 201
+    refund = {"revoked_at": NOW_MS - 60_000}
+    post_apple(shop, apple_ca, apple_pack(2, "7100000000000003", PACK_100, ntype="REFUND",
+                                          **refund))
+    assert ledger(shop)[0]["balance"] == -60
+    post_apple(shop, apple_ca,
+               apple_pack(3, "7100000000000003", PACK_100, ntype="REFUND_REVERSED"),
+               apple_pack(4, "7100000000000003", PACK_100, ntype="REFUND_REVERSED"))
+    totals, items = ledger(shop)
+    assert (totals["balance"], totals["granted"], totals["clawed_back"]) == (40, 200, 100)
+    assert [(i["kind"], i["amount"], i["balance_after"]) for i in items] == [
+        ("grant", 100, 40), ("clawback", -100, -60), ("debit", -60, 40), ("grant", 100, 100)]
+    assert items[0]["reference"] == "7100000000000003"
+    assert "reinstated" in items[0]["note"]
+    assert reconcile(shop)["discrepancies"] == []
+
+
 def test_debits_are_idempotent_and_refused_without_cover(shop: RunningApp,
                                                          apple_ca: AppleTestCA) -> None:
     """201 the entry; the same key 200 the same entry; too low 409 with the balance; another
@@ -365,4 +388,34 @@ def test_reconciliation_finds_and_repairs_missing_grants_and_clawbacks(
         ("7100000000000009", True), ("web-old", True)]
     totals, _ = ledger(shop)
     assert (totals["balance"], totals["granted"], totals["clawed_back"]) == (100, 600, 500)
+    assert reconcile(shop)["discrepancies"] == []
+
+
+def test_reconciliation_reinstates_the_clawback_of_a_reversed_refund(
+    shop: RunningApp, clock: FakeClock
+) -> None:
+    """A refund stored as reversed while its clawback stands (as before reversals gave credits
+    back) is reported as `credits` in a dry run and given back once in a real run."""
+    with transaction(shop.services.sessions) as session:
+        record_purchase(session, PurchaseSeen(
+            channel=Channel.APPLE, store_id="7100000000000010", environment="production",
+            product_id=PACK_500, kind="consumable", stamp=Stamp(clock.now, "a"),
+            account_id=ACCOUNT), clock.now, shop.services.catalog)
+        record_refund(session, RefundSeen(
+            channel=Channel.APPLE, refund_key="7100000000000010", store_id="7100000000000010",
+            refunded_at=clock.now, stamp=Stamp(clock.now, "b"),
+            purchase_store_id="7100000000000010"), clock.now, None,
+            catalog=shop.services.catalog)
+        record_refund(session, RefundSeen(
+            channel=Channel.APPLE, refund_key="7100000000000010", store_id="7100000000000010",
+            refunded_at=clock.now, stamp=Stamp(clock.now, "c"), reversed=True,
+            purchase_store_id="7100000000000010"), clock.now, None)
+    assert ledger(shop)[0]["balance"] == 0
+    dry = reconcile(shop, dry_run=True)["discrepancies"]
+    assert [(d["kind"], d["store_id"], d["here"], d["repaired"]) for d in dry] == [
+        ("credits", "7100000000000010", "clawback not reinstated", False)]
+    assert ledger(shop)[0]["balance"] == 0
+    assert [d["repaired"] for d in reconcile(shop)["discrepancies"]] == [True]
+    totals, _ = ledger(shop)
+    assert (totals["balance"], totals["granted"], totals["clawed_back"]) == (500, 1000, 500)
     assert reconcile(shop)["discrepancies"] == []

@@ -1,7 +1,8 @@
 """Reconciliation of the ledger against the stored store transactions (discrepancy `credits`).
 
 Every stored purchase of a credit pack that is confirmed and belongs to an account has exactly
-one grant; every refund of a granted pack has exactly one clawback. A page of purchases is read
+one grant; every refund of a granted pack has exactly one clawback, given back once the store
+reverses the refund. A page of purchases is read
 in `fetch` (our own database: this check has no store to ask), and each is compared and, in a
 real run, brought up to date in `settle` through the same ledger functions the writer uses.
 """
@@ -17,12 +18,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from reconcile.catalog.file import Catalog
 from reconcile.credits.grants import (
-    claw_back,
     clawback_key,
     grant_key,
     grant_purchase,
     held,
     refunds_of,
+    reinstate_key,
+    settle_refund,
     source_of,
 )
 from reconcile.credits.models import CreditEntry
@@ -73,7 +75,7 @@ class LedgerCheck:
         if not dry_run:
             grant_purchase(session, purchase, self.catalog, now)
             for refund in refunds_of(session, purchase):
-                claw_back(session, refund, purchase, self.catalog, now)
+                settle_refund(session, refund, purchase, self.catalog, now)
         here = "; ".join(here for here, _ in problems)
         store = "; ".join(store for _, store in problems)
         return Finding(kind="credits", channel=purchase.channel, store_id=purchase.store_id,
@@ -101,7 +103,13 @@ class LedgerCheck:
             return problems
         holding = sum(amount for amount in held(session, purchase).values() if amount > 0)
         for refund in refunds_of(session, purchase):
-            if refund.reversed_at is not None or (refund.partial and not refund.quantity):
+            if refund.reversed_at is not None:
+                if (_count(session, purchase, clawback_key(refund))
+                        > _count(session, purchase, reinstate_key(refund))):
+                    problems.append(("clawback not reinstated", f"refund reversed "
+                                     f"{refund.reversed_at:%Y-%m-%dT%H:%M:%SZ}"))
+                continue
+            if refund.partial and not refund.quantity:
                 continue
             clawed = session.scalar(
                 select(func.count()).select_from(CreditEntry).where(
@@ -112,3 +120,10 @@ class LedgerCheck:
                 what = f"{refund.quantity} refunded" if refund.partial else "refunded"
                 problems.append(("no clawback", f"{what} {refund.refunded_at:%Y-%m-%dT%H:%M:%SZ}"))
         return problems
+
+
+def _count(session: Session, purchase: Purchase, key: str) -> int:
+    return session.scalar(
+        select(func.count()).select_from(CreditEntry).where(
+            CreditEntry.source == source_of(purchase), CreditEntry.idempotency_key == key)
+    ) or 0

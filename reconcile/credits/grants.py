@@ -1,4 +1,5 @@
-"""Credits from store transactions: one grant per purchase, one clawback per refund, transfers.
+"""Credits from store transactions: one grant per purchase, one clawback per refund (given back
+when the store reverses the refund), transfers.
 
 Each entry is keyed by what caused it and names the store transaction (`source_of`), so a second
 arrival of the same purchase or refund (a redelivery, a submission, a reconciliation read, a
@@ -38,6 +39,17 @@ def grant_key(purchase: Purchase) -> str:
 
 def clawback_key(refund: Refund) -> str:
     return f"clawback:{refund.channel}:{refund.refund_key}"
+
+
+def reinstate_key(refund: Refund) -> str:
+    return f"reinstate:{refund.channel}:{refund.refund_key}"
+
+
+def _entry(session: Session, purchase: Purchase, key: str) -> CreditEntry | None:
+    return session.scalars(
+        select(CreditEntry).where(CreditEntry.source == source_of(purchase),
+                                  CreditEntry.idempotency_key == key)
+    ).first()
 
 
 def _has(session: Session, purchase: Purchase, key: str) -> bool:
@@ -110,13 +122,41 @@ def claw_back(
                   source=source_of(purchase), note=f"store refund ({what} x {purchase.product_id})")
 
 
+def reinstate(
+    session: Session, refund: Refund, purchase: Purchase, catalog: Catalog, now: datetime
+) -> CreditEntry | None:
+    """A reversed refund gives back, once, what its clawback took (Apple REFUND_REVERSED:
+    "reinstate what the refund revoked"), to the account it was taken from."""
+    if (not catalog.credits(purchase.product_id) or refund.reversed_at is None
+            or _has(session, purchase, reinstate_key(refund))):
+        return None
+    clawback = _entry(session, purchase, clawback_key(refund))
+    if clawback is None or clawback.amount >= 0:
+        return None
+    return append(session, account_id=clawback.account_id, kind="grant",
+                  amount=-clawback.amount, now=now, channel=refund.channel,
+                  reference=refund.store_id, key=reinstate_key(refund),
+                  source=source_of(purchase),
+                  note=f"store refund reversed ({purchase.product_id}): credits reinstated")
+
+
+def settle_refund(
+    session: Session, refund: Refund, purchase: Purchase, catalog: Catalog, now: datetime
+) -> CreditEntry | None:
+    """The ledger's answer to one refund of the purchase: its clawback, or its reversal's
+    reinstatement."""
+    if refund.reversed_at is not None:
+        return reinstate(session, refund, purchase, catalog, now)
+    return claw_back(session, refund, purchase, catalog, now)
+
+
 def settle_purchase(
     session: Session, purchase: Purchase, catalog: Catalog, now: datetime
 ) -> list[CreditEntry]:
-    """Bring the ledger up to date with one purchase: its grant, then a clawback per refund."""
+    """Bring the ledger up to date with one purchase: its grant, then each refund's entry."""
     made = [grant_purchase(session, purchase, catalog, now)]
     for refund in refunds_of(session, purchase):
-        made.append(claw_back(session, refund, purchase, catalog, now))
+        made.append(settle_refund(session, refund, purchase, catalog, now))
     return [entry for entry in made if entry is not None]
 
 
