@@ -28,16 +28,9 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-            # pysqlite's own transaction handling defers BEGIN, which lets two writers both read
-            # and then collide; we issue BEGIN IMMEDIATE ourselves in `begin` below.
-            dbapi_connection.isolation_level = None
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode survives a process crash; only power loss can drop a commit.
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
+            _set_up_sqlite(dbapi_connection, "journal_mode=WAL", "synchronous=NORMAL",
+                           "foreign_keys=ON")
 
         # SQLite has one writer at a time and its busy handler waits by sleeping (1 ms, then
         # up to 100 ms), which wrecks latency under contention. Threads of this process take
@@ -80,11 +73,7 @@ def make_read_engine(url: str, engine: Engine) -> Engine:
 
     @event.listens_for(reader, "connect")
     def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.execute("PRAGMA query_only=ON")
-        cursor.close()
+        _set_up_sqlite(dbapi_connection, "query_only=ON")
 
     @event.listens_for(reader, "begin")
     def _sqlite_begin(connection: Any) -> None:
@@ -92,6 +81,17 @@ def make_read_engine(url: str, engine: Engine) -> Engine:
         connection.exec_driver_sql("BEGIN")
 
     return reader
+
+
+def _set_up_sqlite(dbapi_connection: Any, *pragmas: str) -> None:
+    """A new SQLite connection: transactions begun by our `begin` hooks, a 30 s busy wait."""
+    # pysqlite's own transaction handling defers BEGIN, which lets two writers both read and
+    # then collide; the engines' `begin` hooks issue BEGIN (IMMEDIATE for the writer) instead.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    for pragma in ("busy_timeout=30000", *pragmas):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
