@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 from reconcile.catalog.service import Grant
 from reconcile.catalog.service import entitlements as read_entitlements
 from reconcile.config import Settings
+from reconcile.db import migrate
 from reconcile.services import build_services
 from tests.support.apple_ca import AppleTestCA
 from tests.support.policy import (
@@ -20,6 +22,7 @@ from tests.support.policy import (
     portal_subscription,
     post_apple,
 )
+from tests.support.postgres import POSTGRES_ENV, DedicatedServer
 from tests.support.purchases import APP_TOKEN, CATALOG
 from tests.support.server import FakeClock, RunningApp, serve_in_thread
 
@@ -200,3 +203,33 @@ def test_requests_the_fast_lane_leaves_alone_get_the_routes_answers(shop: Runnin
                            params={"environment": "sandbox", "x": "1"})
     assert both.status_code == 200
     assert both.json() == {"account_id": ACCOUNT, "items": []}
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_the_fast_read_rides_out_a_database_outage(
+    make_settings: Callable[..., Settings], clock: FakeClock
+) -> None:
+    """While PostgreSQL is stopped entitlements answer 503 (Retry-After); then 200 again."""
+    if not os.environ.get(POSTGRES_ENV):
+        pytest.skip(f"needs PostgreSQL server binaries (the suite's run with {POSTGRES_ENV})")
+    server = DedicatedServer()
+    try:
+        migrate(server.admin_url)
+        services = build_services(make_settings(database_url=server.admin_url,
+                                                catalog_file=CATALOG, app_token=APP_TOKEN),
+                                  clock=clock)
+        with serve_in_thread(services, "test-admin-token") as shop:
+            assert entitlements(shop) == {}  # a reader connection is now held
+            server.pause()
+            during = shop.client.get(f"/v1/accounts/{ACCOUNT}/entitlements",
+                                     headers=as_app(shop))
+            server.resume()
+            after = shop.client.get(f"/v1/accounts/{ACCOUNT}/entitlements",
+                                    headers=as_app(shop))
+        services.close()
+    finally:
+        server.close()
+    assert (during.status_code, during.json()) == (503, {"detail": "database unavailable"})
+    assert int(during.headers["Retry-After"]) > 0
+    assert (after.status_code, after.json()) == (200, {"account_id": ACCOUNT, "items": []})
