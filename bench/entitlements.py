@@ -6,7 +6,7 @@ then reads entitlements of random accounts with C keep-alive clients, beside a t
 of the same server answering a constant JSON (`GET /healthz`) measured in the same run.
 
     python -m bench.entitlements --accounts 100000 --clients 16
-    python -m bench.entitlements --database-url postgresql+psycopg://...
+    python -m bench.entitlements --database-url postgresql+psycopg://...   (an empty database)
 """
 
 from __future__ import annotations

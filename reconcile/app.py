@@ -29,6 +29,7 @@ from reconcile.api.input_checks import storable_input, unstorable, validation_er
 from reconcile.api.responses import document_admin_refusals
 from reconcile.audit import api as audit_api
 from reconcile.catalog import api as catalog_api
+from reconcile.catalog.lane import EntitlementLane
 from reconcile.console import api as console
 from reconcile.credits import api as credits_api
 from reconcile.errors import DomainError
@@ -60,6 +61,8 @@ def create_app(services: Services, *, run_worker: bool = True) -> FastAPI:
     app.state.services = services
     # POST /webhooks/apple and /webhooks/google, answered before FastAPI's routing.
     app.add_middleware(WebhookLane)
+    # GET /v1/accounts/{id}/entitlements with an allowed token, answered before routing.
+    app.add_middleware(EntitlementLane)
     admin = [Depends(require_admin), Depends(storable_input)]
     # The endpoints marked "app" in the contract: the business's backend, or an admin.
     app_token = [Depends(require_app), Depends(storable_input)]

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from reconcile.acknowledgements import AcknowledgementJob, AcknowledgementWatchdog
 from reconcile.cancellation import Canceller, default_cancellers
 from reconcile.catalog.file import Catalog, load_catalog
+from reconcile.catalog.reads import EntitlementReads
 from reconcile.channels.apple import AppleProcessor
 from reconcile.channels.apple_api import AppStoreApi
 from reconcile.channels.apple_truth import AppleTruth
@@ -67,16 +68,21 @@ class Services:
     new_work: threading.Event = field(default_factory=threading.Event)
     # Whether this process reaches its database; the one place an outage is logged.
     database: DatabaseWatch = field(default_factory=DatabaseWatch)
+    # The entitlement read of the business's hot path (reconcile/catalog/lane.py).
+    entitlement_reads: EntitlementReads = field(init=False)
 
     def __post_init__(self) -> None:
         self.intake = Intake(self.sessions, on_recorded=self.new_work.set,
                              database=self.database)
+        self.entitlement_reads = EntitlementReads(self.reader or self.engine, self.catalog,
+                                                  self.clock)
 
     def worker(self) -> Worker:
         return Worker(self.jobs, clock=self.clock, poll_seconds=self.settings.worker_poll_seconds,
                       wake=self.new_work, database=self.database)
 
     def close(self) -> None:
+        self.entitlement_reads.close()
         self.reconciler.close()
         self.intake.close()
         google = self.processors.get("google")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
+from reconcile.catalog.service import Grant
+from reconcile.catalog.service import entitlements as read_entitlements
 from reconcile.config import Settings
+from reconcile.db import migrate
 from reconcile.services import build_services
 from tests.support.apple_ca import AppleTestCA
 from tests.support.policy import (
@@ -18,6 +22,7 @@ from tests.support.policy import (
     portal_subscription,
     post_apple,
 )
+from tests.support.postgres import POSTGRES_ENV, DedicatedServer
 from tests.support.purchases import APP_TOKEN, CATALOG
 from tests.support.server import FakeClock, RunningApp, serve_in_thread
 
@@ -153,3 +158,78 @@ def test_unknown_products_grant_nothing_and_are_counted(
     metrics = shop.client.get("/metrics").text
     assert ('reconcile_unknown_products{channel="apple",kind="subscription",'
             'product_id="com.example.gold"} 1.0') in metrics
+
+
+def test_the_fast_read_answers_as_the_route_does(
+    shop: RunningApp, apple_ca: AppleTestCA
+) -> None:
+    """The hot-path read (plain DBAPI) gives the grants the SQLAlchemy read gives, blocked too."""
+    apple_subscription(shop, apple_ca, ACCOUNT)
+    portal_subscription(shop, ACCOUNT, expires_at="2027-01-15T00:00:00Z")
+    post_apple(shop, apple_ca, apple_note(9, "ONE_TIME_CHARGE", account=ACCOUNT,
+                                          otx="7000000000000701", product=NUMBER_LOCK,
+                                          tx_type="Non-Consumable"))
+    services = shop.services
+
+    def both(environment: str | None) -> tuple[list[Grant], list[Grant]]:
+        with (services.reader or services.engine).connect() as connection:
+            slow = read_entitlements(connection, services.catalog, ACCOUNT, services.clock(),
+                                     environment=environment)
+        return services.entitlement_reads.read_now(ACCOUNT, environment), slow
+
+    for environment in (None, "production", "sandbox"):
+        fast, slow = both(environment)
+        assert fast == slow
+    assert {grant.entitlement for grant in both(None)[0]} == {"pro", "calling", "number_lock"}
+    blocked = shop.client.post(f"/v1/accounts/{ACCOUNT}/block", json={"reason": "abuse"})
+    assert blocked.status_code == 200, blocked.text
+    fast, slow = both(None)
+    assert fast == slow
+    assert fast
+    assert not any(grant.active for grant in fast)
+
+
+def test_requests_the_fast_lane_leaves_alone_get_the_routes_answers(shop: RunningApp) -> None:
+    """A bad environment filter is still 422, a token of another scheme 401: the route's say."""
+    bad = shop.client.get(f"/v1/accounts/{ACCOUNT}/entitlements", headers=as_app(shop),
+                          params={"environment": "prod"})
+    assert bad.status_code == 422
+    basic = shop.client.get(f"/v1/accounts/{ACCOUNT}/entitlements",
+                            headers={"Authorization": f"Basic {APP_TOKEN}"})
+    assert basic.status_code == 401
+    nul = shop.client.get("/v1/accounts/a%00b/entitlements", headers=as_app(shop))
+    assert nul.status_code == 422
+    both = shop.client.get(f"/v1/accounts/{ACCOUNT}/entitlements", headers=as_app(shop),
+                           params={"environment": "sandbox", "x": "1"})
+    assert both.status_code == 200
+    assert both.json() == {"account_id": ACCOUNT, "items": []}
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_the_fast_read_rides_out_a_database_outage(
+    make_settings: Callable[..., Settings], clock: FakeClock
+) -> None:
+    """While PostgreSQL is stopped entitlements answer 503 (Retry-After); then 200 again."""
+    if not os.environ.get(POSTGRES_ENV):
+        pytest.skip(f"needs PostgreSQL server binaries (the suite's run with {POSTGRES_ENV})")
+    server = DedicatedServer()
+    try:
+        migrate(server.admin_url)
+        services = build_services(make_settings(database_url=server.admin_url,
+                                                catalog_file=CATALOG, app_token=APP_TOKEN),
+                                  clock=clock)
+        with serve_in_thread(services, "test-admin-token") as shop:
+            assert entitlements(shop) == {}  # a reader connection is now held
+            server.pause()
+            during = shop.client.get(f"/v1/accounts/{ACCOUNT}/entitlements",
+                                     headers=as_app(shop))
+            server.resume()
+            after = shop.client.get(f"/v1/accounts/{ACCOUNT}/entitlements",
+                                    headers=as_app(shop))
+        services.close()
+    finally:
+        server.close()
+    assert (during.status_code, during.json()) == (503, {"detail": "database unavailable"})
+    assert int(during.headers["Retry-After"]) > 0
+    assert (after.status_code, after.json()) == (200, {"account_id": ACCOUNT, "items": []})
