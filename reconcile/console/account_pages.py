@@ -50,8 +50,9 @@ def search_page(request: Request, signed: ReaderDep, session: SessionDep, now: N
             return RedirectResponse(f"/console/subscriptions/{hit.subscription_id}",
                                     status_code=303)
     ids = [h.subscription_id for h in hits if h.subscription_id]
-    rows = list(session.scalars(select(Subscription).where(Subscription.id.in_(ids))))
-    subs = {s["id"]: s for s in present(session, rows, now)}
+    rows = (list(session.scalars(select(Subscription).where(Subscription.id.in_(ids))))
+            if ids else [])
+    subs = {s["id"]: s for s in present(session, rows, now)} if rows else {}
     return page(request, "search.html", {"signed": signed, "q": q.strip(), "hits": hits,
                                          "subs": subs, "section": "search"})
 

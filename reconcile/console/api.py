@@ -29,7 +29,7 @@ from reconcile.console.auth import (
 )
 from reconcile.console.charts import Bar, bar_chart
 from reconcile.console.overview import CHANNELS, STATUSES, overview
-from reconcile.console.render import STATIC, page
+from reconcile.console.render import STATIC, compile_templates, page
 from reconcile.console.service import csrf_matches, sign_in, sign_out, signed_in
 
 log = logging.getLogger(__name__)
@@ -147,6 +147,7 @@ def _safe_next(path: str) -> str:
 
 def install(app: FastAPI) -> None:
     """Mount the console on `app`."""
+    compile_templates()
     app.include_router(router)
     app.include_router(account_pages.router)
     app.include_router(reconcile_pages.router)

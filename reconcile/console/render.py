@@ -78,6 +78,12 @@ templates.env.globals.update(STATUS_WORDS=STATUS_WORDS, STATUS_TONE=STATUS_TONE,
                              CHANNEL_WORDS=CHANNEL_WORDS, may=may)
 
 
+def compile_templates() -> None:
+    """Compile every template now, so that no page's first request pays for it."""
+    for name in templates.env.list_templates(extensions=["html"]):
+        templates.env.get_template(name)
+
+
 def page(
     request: Request, name: str, context: dict[str, Any], status_code: int = 200,
     headers: dict[str, str] | None = None,
