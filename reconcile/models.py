@@ -20,7 +20,8 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.engine import Dialect, ExecutionContext
+from sqlalchemy.engine import Dialect
+from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
@@ -136,16 +137,22 @@ class StoreId(Base):
     created_at: Mapped[datetime]
 
 
-def _payment_id(context: ExecutionContext) -> str | None:
+def _row(context: DefaultExecutionContext) -> dict[str, Any]:
+    """The values of the row being inserted (SQLAlchemy's context-sensitive defaults)."""
+    row: dict[str, Any] = context.get_current_parameters()  # type: ignore[no-untyped-call]
+    return row
+
+
+def _payment_id(context: DefaultExecutionContext) -> str | None:
     """The Apple transaction id or Google order id an observation's detail names."""
-    detail = context.get_current_parameters().get("detail") or {}
+    detail = _row(context).get("detail") or {}
     found = detail.get("transaction_id") or detail.get("order_id")
     return str(found)[:128] if found else None
 
 
-def _refund_order_id(context: ExecutionContext) -> str | None:
+def _refund_order_id(context: DefaultExecutionContext) -> str | None:
     """The order id part of a Google refund key (`token:order id`)."""
-    key = context.get_current_parameters().get("refund_key") or ""
+    key = _row(context).get("refund_key") or ""
     return key.partition(":")[2][:128] or None
 
 

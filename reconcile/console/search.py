@@ -1,8 +1,9 @@
 """Finding a customer from whatever id they or the store quote.
 
 An account id, a subscription id, or any store id: Apple original transaction ids and
-transaction ids, Google purchase tokens (every token of a linked chain) and order ids. Every lookup is an
-exact match on an index; the history and refunds are read only when the first ones find nothing.
+transaction ids, Google purchase tokens (every token of a linked chain) and order ids. Every
+lookup is an exact match on an index; the history and refunds are read only when the first
+ones find nothing.
 """
 
 from __future__ import annotations
