@@ -22,6 +22,7 @@ from reconcile.console.auth import (
     AdminReaderDep,
     Forbidden,
     ReaderDep,
+    ReadSessionDep,
     SignInRequired,
     secure,
     serializer,
@@ -37,7 +38,7 @@ router = APIRouter(prefix="/console", include_in_schema=False)
 
 
 @router.get("")
-def home(request: Request, signed: ReaderDep, session: SessionDep, now: NowDep) -> Response:
+def home(request: Request, signed: ReaderDep, session: ReadSessionDep, now: NowDep) -> Response:
     figures = overview(session, now)
     hourly = bar_chart("hourly", "Notifications received per hour, last 48 hours", [
         Bar(f"{h:%H}h" if h.hour % 6 == 0 else "", n, f"{h:%Y-%m-%d %H}:00 UTC: {n}")
@@ -117,7 +118,7 @@ def logout(request: Request, session: SessionDep, now: NowDep,
 
 
 @router.get("/audit")
-def audit(request: Request, signed: AdminReaderDep, session: SessionDep,
+def audit(request: Request, signed: AdminReaderDep, session: ReadSessionDep,
           cursor: str | None = None) -> Response:
     try:
         rows, next_cursor = audit_page(session, cursor, 100)
