@@ -318,7 +318,8 @@ def _credits(batches: Batches, told: Told, account: str, n: int, store: str, cha
              now: datetime) -> None:
     """A credit pack's grant, some use, now and then an agent's adjustment; each told."""
     at = now - timedelta(days=n % 60)
-    steps = [("grant", 500, channel, store, None, None)]
+    Step = tuple[str, int, str | None, str | None, str | None, str | None]
+    steps: list[Step] = [("grant", 500, channel, store, None, None)]
     steps += [("debit", -(3 + k * 7 % 40), None, f"call-{n}-{k}", f"{3 + k * 7 % 40} minutes",
                None) for k in range(n % 9)]
     if n % 10 == 1:
