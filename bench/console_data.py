@@ -31,6 +31,7 @@ from sqlalchemy.engine import Connection
 from reconcile.audit.models import AuditRecord
 from reconcile.config import Settings
 from reconcile.console.users import add_user
+from reconcile.credits.models import CreditBalance, CreditEntry
 from reconcile.db import make_engine, make_sessionmaker, migrate, transaction
 from reconcile.models import (
     Account,
@@ -45,6 +46,7 @@ from reconcile.models import (
     Subscription,
     SubscriptionEvent,
 )
+from reconcile.notify.models import Delivery, Event, EventCounter, WebhookEndpoint
 from reconcile.services import build_services
 from tests.support.server import serve_in_thread
 
@@ -87,7 +89,8 @@ class Batches:
         self.size = size
         self.rows: dict[type, list[dict[str, Any]]] = {}
         self.order = [Account, Subscription, StoreId, InboxEntry, SubscriptionEvent, Purchase,
-                      Refund, OutboxEntry, Acknowledgement, AuditRecord]
+                      Refund, OutboxEntry, Acknowledgement, AuditRecord, CreditBalance,
+                      CreditEntry, Event, Delivery, EventCounter]
 
     def add(self, model: type, row: dict[str, Any]) -> None:
         self.rows.setdefault(model, []).append(row)
@@ -107,7 +110,13 @@ def seed(url: str, accounts: int, now: datetime, rng: random.Random) -> dict[str
     engine = make_engine(url)
     picks: dict[str, Any] = {"accounts": [], "store_ids": [], "blocked": [], "apple_action": []}
     inbox_id = event_id = 0
+    told = Told()
     with engine.begin() as connection:
+        connection.execute(insert(WebhookEndpoint), [{
+            "id": endpoint, "url": url, "event_types": None, "description": None,
+            "enabled": True, "secret": "whsec_demo", "previous_secret": None,
+            "previous_until": None, "disabled_reason": None, "created_at": now,
+            "updated_at": now} for endpoint, url in ENDPOINTS])
         batches = Batches(connection)
         for n in range(accounts):
             account = f"acct-{n:06d}"
@@ -235,12 +244,15 @@ def seed(url: str, accounts: int, now: datetime, rng: random.Random) -> dict[str
                     "purchased_at": now - timedelta(days=n % 60), "revoked_at": None,
                     "state": "purchased", "consumed": True, "clock": {},
                     "created_at": now - timedelta(days=n % 60), "updated_at": now})
+                _credits(batches, told, account, n, store, purchase_channel, now)
                 if purchase_channel == "google" and n % 25 == 1:
                     batches.add(Acknowledgement, {
                         "channel": "google", "store_id": store, "product_id": "credits_500",
                         "kind": "consumable",
                         "first_seen_at": now - timedelta(hours=n % 50), "acknowledged_at": None,
                         "attempts": 1, "next_attempt_at": now, "last_error": None})
+        for name, value in told.counters().items():
+            batches.add(EventCounter, {"name": name, "value": value})
         batches.flush()
         run_id = "rec_demo0000000000000000"
         connection.execute(insert(ReconciliationRun), [{
@@ -259,6 +271,78 @@ def seed(url: str, accounts: int, now: datetime, rng: random.Random) -> dict[str
     engine.dispose()
     picks["run_id"] = run_id
     return picks
+
+
+ENDPOINTS = [("whe_demo_billing", "https://billing.example.com/hooks/phone"),
+             ("whe_demo_crm", "https://crm.example.net/webhooks/reconcile")]
+
+
+TOLD_AS = {"grant": "credits.granted", "debit": "credits.debited",
+           "adjustment": "credits.adjusted"}
+
+
+class Told:
+    """Events told to the business: feed positions and per-account sequences."""
+
+    def __init__(self) -> None:
+        self.position = 0
+        self.sequences: dict[str, int] = {}
+
+    def event(self, batches: Batches, account: str, kind: str, at: datetime,
+              data: dict[str, Any], failing: bool) -> None:
+        self.position += 1
+        sequence = self.sequences[account] = self.sequences.get(account, 0) + 1
+        event_id = f"evt_{self.position:024x}"
+        batches.add(Event, {"id": event_id, "position": self.position, "type": kind,
+                            "account_id": account, "sequence": sequence,
+                            "subscription_id": None, "created_at": at, "data": data})
+        for endpoint, _url in ENDPOINTS:
+            broken = failing and endpoint == "whe_demo_crm"
+            batches.add(Delivery, {
+                "endpoint_id": endpoint, "event_id": event_id, "event_type": kind,
+                "account_id": account, "position": self.position,
+                "status": ("failed" if sequence == 1 else "pending") if broken else "delivered",
+                "attempts": 7 if broken and sequence == 1 else 2 if broken else 1,
+                "next_attempt_at": at + timedelta(hours=1) if broken else None,
+                "last_status_code": 502 if broken else 200,
+                "last_error": "HTTP 502" if broken else None, "created_at": at,
+                "delivered_at": None if broken else at + timedelta(seconds=1),
+                "lease_owner": None, "lease_until": None})
+
+    def counters(self) -> dict[str, int]:
+        return {"position": self.position,
+                **{f"account:{a}": v for a, v in self.sequences.items()}}
+
+
+def _credits(batches: Batches, told: Told, account: str, n: int, store: str, channel: str,
+             now: datetime) -> None:
+    """A credit pack's grant, some use, now and then an agent's adjustment; each told."""
+    at = now - timedelta(days=n % 60)
+    Step = tuple[str, int, str | None, str | None, str | None, str | None]
+    steps: list[Step] = [("grant", 500, channel, store, None, None)]
+    steps += [("debit", -(3 + k * 7 % 40), None, f"call-{n}-{k}", f"{3 + k * 7 % 40} minutes",
+               None) for k in range(n % 9)]
+    if n % 10 == 1:
+        steps.append(("adjustment", -20, None, None, "duplicate call charged back by hand",
+                      "bob"))
+    balance = granted = used = adjusted = 0
+    for k, (kind, amount, via, reference, note, actor) in enumerate(steps):
+        balance += amount
+        granted += amount if kind == "grant" else 0
+        used -= amount if kind == "debit" else 0
+        adjusted += amount if kind == "adjustment" else 0
+        when = at + timedelta(hours=k * 5)
+        batches.add(CreditEntry, {
+            "account_id": account, "kind": kind, "amount": amount, "balance_after": balance,
+            "channel": via, "reference": reference,
+            "idempotency_key": reference if kind == "debit" else None, "source": None,
+            "note": note, "actor": actor, "created_at": when})
+        if kind != "debit" or k == len(steps) - 1:
+            told.event(batches, account, TOLD_AS[kind], when,
+                       {"amount": amount, "balance_after": balance}, failing=n % 20 == 1)
+    batches.add(CreditBalance, {"account_id": account, "balance": balance, "granted": granted,
+                                "used": used, "adjusted": adjusted, "clawed_back": 0,
+                                "updated_at": now})
 
 
 def _outbox(channel: str, kind: str, key: str, sub_id: str, account: str, store_id: str,

@@ -21,6 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
+from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
@@ -66,6 +67,12 @@ class InboxEntry(Base):
               postgresql_where=text("status = 'pending'"),
               sqlite_where=text("status = 'pending'")),
         Index("ix_inbox_subject", "channel", "subject"),
+        # The console's overview: the oldest waiting notification per channel, failures.
+        Index("ix_inbox_waiting_age", "channel", "received_at",
+              postgresql_where=text("status = 'pending'"),
+              sqlite_where=text("status = 'pending'")),
+        Index("ix_inbox_failed", "id", postgresql_where=text("status = 'failed'"),
+              sqlite_where=text("status = 'failed'")),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -130,10 +137,30 @@ class StoreId(Base):
     created_at: Mapped[datetime]
 
 
+def _row(context: DefaultExecutionContext) -> dict[str, Any]:
+    """The values of the row being inserted (SQLAlchemy's context-sensitive defaults)."""
+    row: dict[str, Any] = context.get_current_parameters()  # type: ignore[no-untyped-call]
+    return row
+
+
+def _payment_id(context: DefaultExecutionContext) -> str | None:
+    """The Apple transaction id or Google order id an observation's detail names."""
+    detail = _row(context).get("detail") or {}
+    found = detail.get("transaction_id") or detail.get("order_id")
+    return str(found)[:128] if found else None
+
+
+def _refund_order_id(context: DefaultExecutionContext) -> str | None:
+    """The order id part of a Google refund key (`token:order id`)."""
+    key = _row(context).get("refund_key") or ""
+    return key.partition(":")[2][:128] or None
+
+
 class SubscriptionEvent(Base):
     """A subscription's history: every observation offered to it, applied or not."""
 
     __tablename__ = "subscription_events"
+    __table_args__ = (Index("ix_subscription_events_payment", "payment_id"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     subscription_id: Mapped[str] = mapped_column(ForeignKey("subscriptions.id"), index=True)
@@ -144,6 +171,9 @@ class SubscriptionEvent(Base):
     applied: Mapped[bool] = mapped_column(Boolean)
     inbox_id: Mapped[int | None] = mapped_column(BigInteger)
     detail: Mapped[dict[str, Any]] = mapped_column(JsonDocument, default=dict)
+    # Derived from `detail` when the row is written, so that the console finds a renewal's
+    # transaction id or order id on an index rather than by reading every document.
+    payment_id: Mapped[str | None] = mapped_column(String(128), default=_payment_id)
 
 
 class Purchase(Base):
@@ -180,7 +210,13 @@ class Refund(Base):
     """A refund or revocation the store made anyway (Apple REFUND, Google voided purchase)."""
 
     __tablename__ = "refunds"
-    __table_args__ = (UniqueConstraint("channel", "refund_key", name="uq_refunds_channel_key"),)
+    __table_args__ = (
+        UniqueConstraint("channel", "refund_key", name="uq_refunds_channel_key"),
+        Index("ix_refunds_store_id", "store_id"),
+        Index("ix_refunds_account", "account_id"),
+        Index("ix_refunds_refunded_at", "refunded_at"),
+        Index("ix_refunds_order_id", "order_id"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     channel: Mapped[str] = mapped_column(String(16))
@@ -200,6 +236,8 @@ class Refund(Base):
     # A quantity-based partial refund (Google): `quantity` units, None while not yet known.
     partial: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     quantity: Mapped[int | None] = mapped_column(Integer)
+    # Derived from `refund_key` when the row is written: what a customer quotes of a refund.
+    order_id: Mapped[str | None] = mapped_column(String(128), default=_refund_order_id)
 
 
 class Account(Base):
@@ -225,6 +263,8 @@ class OutboxEntry(Base):
     __table_args__ = (
         UniqueConstraint("kind", "dedupe_key", name="uq_outbox_kind_key"),
         Index("ix_outbox_due", "state", "next_attempt_at"),
+        Index("ix_outbox_store_id", "store_id"),
+        Index("ix_outbox_account", "account_id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -256,6 +296,12 @@ class Acknowledgement(Base):
     """A Google purchase that must be acknowledged (or consumed) before Google refunds it."""
 
     __tablename__ = "acknowledgements"
+    __table_args__ = (
+        # Only the purchases still owed an acknowledgement: what the overview counts.
+        Index("ix_acknowledgements_waiting", "first_seen_at",
+              postgresql_where=text("acknowledged_at IS NULL"),
+              sqlite_where=text("acknowledged_at IS NULL")),
+    )
 
     channel: Mapped[str] = mapped_column(String(16), primary_key=True)
     store_id: Mapped[str] = mapped_column(String(512), primary_key=True)
@@ -270,6 +316,7 @@ class Acknowledgement(Base):
 
 class ReconciliationRun(Base):
     __tablename__ = "reconciliation_runs"
+    __table_args__ = (Index("ix_reconciliation_runs_started", "started_at", "id"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     status: Mapped[str] = mapped_column(String(16))  # running | done | failed

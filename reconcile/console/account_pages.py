@@ -19,7 +19,7 @@ from reconcile.console.account_view import (
     timeline,
     waiting_plan_changes,
 )
-from reconcile.console.auth import Forbidden, ReaderDep, actor
+from reconcile.console.auth import Forbidden, ReaderDep, ReadSessionDep, actor
 from reconcile.console.payloads import decode_payload
 from reconcile.console.render import page
 from reconcile.console.search import search
@@ -36,7 +36,7 @@ ViewerPost = Annotated[Signed, Depends(actor("viewer"))]
 
 
 @router.get("/search")
-def search_page(request: Request, signed: ReaderDep, session: SessionDep, now: NowDep,
+def search_page(request: Request, signed: ReaderDep, session: ReadSessionDep, now: NowDep,
                 q: str = "") -> Response:
     """One exact match opens it; several are listed; none says so plainly."""
     hits = search(session, q) if q.strip() else []
@@ -50,14 +50,15 @@ def search_page(request: Request, signed: ReaderDep, session: SessionDep, now: N
             return RedirectResponse(f"/console/subscriptions/{hit.subscription_id}",
                                     status_code=303)
     ids = [h.subscription_id for h in hits if h.subscription_id]
-    rows = list(session.scalars(select(Subscription).where(Subscription.id.in_(ids))))
-    subs = {s["id"]: s for s in present(session, rows, now)}
+    rows = (list(session.scalars(select(Subscription).where(Subscription.id.in_(ids))))
+            if ids else [])
+    subs = {s["id"]: s for s in present(session, rows, now)} if rows else {}
     return page(request, "search.html", {"signed": signed, "q": q.strip(), "hits": hits,
                                          "subs": subs, "section": "search"})
 
 
 @router.get("/accounts/{account_id}")
-def account_page(request: Request, account_id: str, signed: ReaderDep, session: SessionDep,
+def account_page(request: Request, account_id: str, signed: ReaderDep, session: ReadSessionDep,
                  services: ServicesDep, now: NowDep, done: str | None = None) -> Response:
     document = account_document(session, account_id, now, services.catalog)
     if document is None:
@@ -72,7 +73,7 @@ def account_page(request: Request, account_id: str, signed: ReaderDep, session: 
 
 @router.get("/subscriptions/{subscription_id}")
 def subscription_page(request: Request, subscription_id: str, signed: ReaderDep,
-                      session: SessionDep, now: NowDep, done: str | None = None) -> Response:
+                      session: ReadSessionDep, now: NowDep, done: str | None = None) -> Response:
     """A subscription linked to no account (its store never named one): shown on its own."""
     row = session.get(Subscription, subscription_id)
     if row is None:
@@ -112,7 +113,7 @@ def _account_context(session: Session, document: dict[str, Any],
 
 @router.get("/notifications/{inbox_id}")
 def notification(request: Request, inbox_id: int, signed: ReaderDep,
-                 session: SessionDep) -> Response:
+                 session: ReadSessionDep) -> Response:
     """A recorded store notification, decoded (its signatures were checked at intake)."""
     entry = session.get(InboxEntry, inbox_id)
     if entry is None:
@@ -126,7 +127,7 @@ def notification(request: Request, inbox_id: int, signed: ReaderDep,
 
 @router.get("/subscriptions/{subscription_id}/confirm/{action}")
 @router.get("/accounts/{account_id}/confirm/{action}")
-def confirm(request: Request, action: str, signed: ReaderDep, session: SessionDep,
+def confirm(request: Request, action: str, signed: ReaderDep, session: ReadSessionDep,
             now: NowDep, subscription_id: str | None = None,
             account_id: str | None = None) -> Response:
     """The confirmation: the consequence in the policy's words, a Reason, and Confirm."""

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
@@ -14,7 +15,7 @@ from sqlalchemy.orm import Session
 from reconcile.audit.models import AuditRecord
 from reconcile.console.render import CHANNEL_WORDS
 from reconcile.models import OutboxEntry, Refund, SubscriptionEvent
-from reconcile.notify.models import Delivery, Event
+from reconcile.notify.models import Delivery, Event, WebhookEndpoint
 from reconcile.views import request_json
 
 TIMELINE_LIMIT = 200
@@ -124,11 +125,18 @@ def _told(session: Session, account_id: str) -> list[Moment]:
         select(Event).where(Event.account_id == account_id)
         .order_by(Event.position.desc()).limit(TIMELINE_LIMIT)))
     states: dict[str, list[str]] = {event.id: [] for event in events}
-    for event_id, status, attempts, code in session.execute(
-        select(Delivery.event_id, Delivery.status, Delivery.attempts, Delivery.last_status_code)
+    failed: set[str] = set()
+    for event_id, status, attempts, code, url in session.execute(
+        select(Delivery.event_id, Delivery.status, Delivery.attempts, Delivery.last_status_code,
+               WebhookEndpoint.url)
+        .join(WebhookEndpoint, WebhookEndpoint.id == Delivery.endpoint_id, isouter=True)
         .where(Delivery.event_id.in_(list(states))).order_by(Delivery.id)
     ):
         words = DELIVERY_WORDS.get(status, status)
+        if status == "failed":
+            failed.add(event_id)
+        if url:
+            words = f"{urlsplit(url).hostname or url}: {words}"
         if status != "delivered" and attempts:
             words += f" after {attempts} attempt{'s' if attempts != 1 else ''}"
             if code:
@@ -138,7 +146,7 @@ def _told(session: Session, account_id: str) -> list[Moment]:
         Moment(event.created_at, "event", f"Told the business: {event.type}",
                "; ".join(states[event.id]) or "no endpoint takes it (the feed has it)",
                extra={"sequence": event.sequence,
-                      "failed": any(w.startswith("failed") for w in states[event.id])})
+                      "failed": event.id in failed})
         for event in events
     ]
 

@@ -22,6 +22,7 @@ from reconcile.console.auth import (
     AdminReaderDep,
     Forbidden,
     ReaderDep,
+    ReadSessionDep,
     SignInRequired,
     secure,
     serializer,
@@ -29,7 +30,7 @@ from reconcile.console.auth import (
 )
 from reconcile.console.charts import Bar, bar_chart
 from reconcile.console.overview import CHANNELS, STATUSES, overview
-from reconcile.console.render import STATIC, page
+from reconcile.console.render import STATIC, compile_templates, page
 from reconcile.console.service import csrf_matches, sign_in, sign_out, signed_in
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ router = APIRouter(prefix="/console", include_in_schema=False)
 
 
 @router.get("")
-def home(request: Request, signed: ReaderDep, session: SessionDep, now: NowDep) -> Response:
+def home(request: Request, signed: ReaderDep, session: ReadSessionDep, now: NowDep) -> Response:
     figures = overview(session, now)
     hourly = bar_chart("hourly", "Notifications received per hour, last 48 hours", [
         Bar(f"{h:%H}h" if h.hour % 6 == 0 else "", n, f"{h:%Y-%m-%d %H}:00 UTC: {n}")
@@ -117,7 +118,7 @@ def logout(request: Request, session: SessionDep, now: NowDep,
 
 
 @router.get("/audit")
-def audit(request: Request, signed: AdminReaderDep, session: SessionDep,
+def audit(request: Request, signed: AdminReaderDep, session: ReadSessionDep,
           cursor: str | None = None) -> Response:
     try:
         rows, next_cursor = audit_page(session, cursor, 100)
@@ -147,6 +148,7 @@ def _safe_next(path: str) -> str:
 
 def install(app: FastAPI) -> None:
     """Mount the console on `app`."""
+    compile_templates()
     app.include_router(router)
     app.include_router(account_pages.router)
     app.include_router(reconcile_pages.router)

@@ -6,7 +6,7 @@ wrong CSRF token, or above the user's role answers 403 before anything is read o
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Annotated
 from urllib.parse import quote
@@ -16,7 +16,7 @@ from itsdangerous import BadSignature, URLSafeSerializer
 from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
-from reconcile.api.deps import NowDep, SessionDep
+from reconcile.api.deps import NowDep, ServicesDep, SessionDep
 from reconcile.console.service import Signed, csrf_matches, signed_in, signing_key
 from reconcile.console.users import Role, may
 
@@ -67,12 +67,23 @@ def secure(request: Request) -> bool:
     return request.url.scheme == "https"
 
 
+def read_session(services: ServicesDep) -> Iterator[Session]:
+    """The unit of work of a page: reads only, on the read engine, so that on SQLite a page
+    reads a snapshot instead of queueing behind this process's writers for the write lock."""
+    with Session(services.reader or services.engine, expire_on_commit=False) as session, \
+            session.begin():
+        yield session
+
+
+ReadSessionDep = Annotated[Session, Depends(read_session, scope="function")]
+
+
 def _signed(request: Request, session: Session, now: datetime) -> Signed | None:
     sid = session_id(request)
     return None if sid is None else signed_in(session, sid, now)
 
 
-def reader(request: Request, session: SessionDep, now: NowDep) -> Signed:
+def reader(request: Request, session: ReadSessionDep, now: NowDep) -> Signed:
     """Any signed-in user (pages)."""
     signed = _signed(request, session, now)
     if signed is None:
@@ -84,7 +95,7 @@ def reader(request: Request, session: SessionDep, now: NowDep) -> Signed:
 def reader_as(role: Role) -> Callable[..., Signed]:
     """A dependency for pages only `role` (or above) may see."""
 
-    def check(request: Request, session: SessionDep, now: NowDep) -> Signed:
+    def check(request: Request, session: ReadSessionDep, now: NowDep) -> Signed:
         signed = reader(request, session, now)
         if not may(signed.user.role, role):
             raise Forbidden(f"This page needs the {role} role; you are {signed.user.role}.")

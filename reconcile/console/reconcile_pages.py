@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from reconcile.api.deps import NowDep, ServicesDep, SessionDep
 from reconcile.audit.service import record
-from reconcile.console.auth import ReaderDep, actor
+from reconcile.console.auth import ReaderDep, ReadSessionDep, actor
 from reconcile.console.render import page
 from reconcile.console.service import Signed
 from reconcile.errors import DomainError
@@ -33,7 +33,7 @@ CHANNELS = ("apple", "google", "portal")
 
 
 @router.get("")
-def runs(request: Request, signed: ReaderDep, session: SessionDep) -> Response:
+def runs(request: Request, signed: ReaderDep, session: ReadSessionDep) -> Response:
     rows = list_runs(session, status=None, after=None, limit=50)
     return page(request, "reconciliations.html", {
         "signed": signed, "runs": rows, "counts": discrepancy_counts(session, [r.id for r in rows]),
@@ -80,7 +80,7 @@ def repair(request: Request, run_id: str, signed: AdminPost, session: SessionDep
 
 
 @router.get("/{run_id}")
-def show(request: Request, run_id: str, signed: ReaderDep, session: SessionDep,
+def show(request: Request, run_id: str, signed: ReaderDep, session: ReadSessionDep,
          kind: str | None = None, cursor: str | None = None) -> Response:
     try:
         run = load_run(session, run_id)
@@ -104,7 +104,7 @@ def show(request: Request, run_id: str, signed: ReaderDep, session: SessionDep,
 
 
 @router.get("/{run_id}/progress")
-def progress(request: Request, run_id: str, signed: ReaderDep, session: SessionDep) -> Response:
+def progress(request: Request, run_id: str, signed: ReaderDep, session: ReadSessionDep) -> Response:
     """The progress fragment htmx polls; once the run has ended it reloads the whole page."""
     run = session.get(ReconciliationRun, run_id)
     if run is None:

@@ -10,6 +10,7 @@ from fastapi import Request
 from fastapi.templating import Jinja2Templates
 from starlette.responses import HTMLResponse
 
+from reconcile.console.overview import COUNT_CAP
 from reconcile.console.users import may
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -71,11 +72,22 @@ def moment(value: str | datetime | None) -> str:
     return f"{text[:10]} {text[11:16]} UTC"
 
 
+def capped(value: int) -> str:
+    """A count that stopped at COUNT_CAP says so."""
+    return f"{COUNT_CAP:,} or more" if value >= COUNT_CAP else str(value)
+
+
 templates = Jinja2Templates(directory=str(TEMPLATES))
-templates.env.filters.update(day=day, moment=moment)
+templates.env.filters.update(day=day, moment=moment, capped=capped)
 templates.env.globals.update(STATUS_WORDS=STATUS_WORDS, STATUS_TONE=STATUS_TONE,
                              CANCELLATION_WORDS=CANCELLATION_WORDS, REASON_WORDS=REASON_WORDS,
                              CHANNEL_WORDS=CHANNEL_WORDS, may=may)
+
+
+def compile_templates() -> None:
+    """Compile every template now, so that no page's first request pays for it."""
+    for name in templates.env.list_templates(extensions=["html"]):
+        templates.env.get_template(name)
 
 
 def page(

@@ -85,6 +85,8 @@ class Delivery(Base):
         Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
         Index("ix_webhook_deliveries_order", "endpoint_id", "account_id", "status", "position"),
         Index("ix_webhook_deliveries_list", "endpoint_id", "position"),
+        # The console's account timeline: where each of the account's events stands.
+        Index("ix_webhook_deliveries_event", "event_id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)

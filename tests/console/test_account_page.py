@@ -8,6 +8,10 @@ from datetime import timedelta
 
 import httpx
 
+from reconcile.db import transaction
+from reconcile.ingest import ingest
+from reconcile.outcomes import Normalised, RefundSeen
+from reconcile.state import Channel, Stamp
 from tests.fakes.play import FakePlay, subscription_purchase
 from tests.support.apple_ca import AppleTestCA
 from tests.support.console import post_form
@@ -58,6 +62,30 @@ def test_search_finds_google_tokens_and_order_ids(
         answer = client.get("/console/search", params={"q": query})
         assert answer.status_code == 303, query
         assert answer.headers["location"].startswith(f"/console/accounts/{ACCOUNT}")
+
+
+def test_search_finds_the_order_id_of_a_refund(
+    google_app: RunningApp, pusher: Pusher, fake_play: FakePlay, clock: FakeClock,
+    client_for: Clients
+) -> None:
+    """The order id of a Google refund finds the account, even when no history names it."""
+    fake_play.subscriptions[TOKEN] = subscription_purchase(
+        "premium_monthly", acknowledged=True, account_id=ACCOUNT, order_id=ORDER,
+        expiry_time=clock.now + timedelta(days=20), now=clock.now)
+    pusher.push(subscription_notification(TOKEN, 4, clock.now))
+    google_app.drain()
+    refunded = "GPA.3311-2402-4141-00001"
+    with transaction(google_app.services.sessions) as session:
+        ingest(session, Normalised(kind="VOIDED_PURCHASE", refund=RefundSeen(
+            channel=Channel.GOOGLE, refund_key=f"{TOKEN}:{refunded}", store_id=TOKEN,
+            refunded_at=clock.now, stamp=Stamp(clock.now, "void"),
+            subscription_store_id=TOKEN)), source="google", now=clock.now)
+    client = client_for(google_app, "vic", "viewer")
+    answer = client.get("/console/search", params={"q": refunded})
+    assert answer.status_code == 303
+    assert answer.headers["location"].startswith(f"/console/accounts/{ACCOUNT}")
+    assert client.get("/console/search", params={"q": "GPA.3311-2402-4141-00002"}
+                      ).status_code == 200
 
 
 def test_account_page_shows_every_channel_and_a_timeline(
