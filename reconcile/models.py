@@ -318,6 +318,7 @@ class Cursor(Base):
 # Plain imports, not `from ... import`: either module may be the one imported first.
 import reconcile.audit.models  # noqa: E402
 import reconcile.console.models  # noqa: E402, F401
+from reconcile.budget.models import CallBudget  # noqa: E402, F401  (shared store-call budgets)
 from reconcile.credits.models import CreditBalance, CreditEntry  # noqa: E402, F401
 from reconcile.notify.models import (  # noqa: E402, F401  (outbound events' tables)
     Delivery,
