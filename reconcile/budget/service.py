@@ -17,6 +17,8 @@ from sqlalchemy.orm import Session
 
 from reconcile.budget.models import CallBudget
 
+# Never a wait too short to move a clock at Unix-time magnitudes.
+MIN_WAIT_SECONDS = 0.001
 _BUDGETS = cast(Table, CallBudget.__table__)
 
 
@@ -44,11 +46,12 @@ def draw(session: Session, bucket: Bucket, want: int, now: float) -> Grant:
     tokens, updated_at = row
     at = max(now, updated_at)
     level = min(bucket.burst, tokens + (at - updated_at) * bucket.rate)
-    taken = min(want, int(level))
-    level -= taken
+    # The epsilon: a refill computed as 0.99999... is the whole token it stands for.
+    taken = min(want, int(level + 1e-9))
+    level = max(0.0, level - taken)
     session.execute(update(_BUDGETS).where(_BUDGETS.c.name == bucket.name)
                     .values(tokens=level, updated_at=at))
-    wait = 0.0 if taken else (1.0 - level) / bucket.rate
+    wait = 0.0 if taken else max(MIN_WAIT_SECONDS, (1.0 - level) / bucket.rate)
     return Grant(taken, at, wait)
 
 
