@@ -12,6 +12,9 @@ lives in the database, where every job already claims its work with leases (and
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 
 import uvicorn
 from fastapi import FastAPI
@@ -44,5 +47,14 @@ def app_factory() -> FastAPI:
 
 def serve_processes(host: str, port: int, workers: int) -> None:
     """Run `workers` child processes on `host:port` until SIGTERM or SIGINT."""
-    uvicorn.run(f"{__name__}:app_factory", factory=True, workers=workers, host=host,
-                port=port, log_level="info", timeout_graceful_shutdown=10)
+    # The children's counters go to files here (see reconcile.metrics), unless the operator
+    # chose the folder; spawned children inherit the variable.
+    own = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+    if own:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="reconcile-metrics-")
+    try:
+        uvicorn.run(f"{__name__}:app_factory", factory=True, workers=workers, host=host,
+                    port=port, log_level="info", timeout_graceful_shutdown=10)
+    finally:
+        if own:
+            shutil.rmtree(os.environ.pop("PROMETHEUS_MULTIPROC_DIR"), ignore_errors=True)

@@ -53,6 +53,12 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def received(metrics: str) -> float:
+    """The sum of `reconcile_notifications_received_total` over its labels."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith("reconcile_notifications_received_total{"))
+
+
 def wait_for(condition: object, what: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not condition():  # type: ignore[operator]
@@ -85,6 +91,9 @@ def test_two_processes_on_one_port_process_every_notification_once(
                                            json={"signedPayload": signed}).status_code,
                 bodies))
         assert answers == [200] * len(bodies)
+        # Whichever child answers the scrape counts what every child received.
+        for _ in range(4):
+            assert received(httpx.get(f"{url}/metrics", timeout=30).text) == len(bodies)
 
         def drained() -> bool:
             with engine.connect() as connection:
