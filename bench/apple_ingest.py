@@ -7,6 +7,7 @@ naively with the library's `SignedDataVerifier` (notification + transaction + re
     python -m bench.apple_ingest --notifications 3000 --clients 8 --rounds 3
     python -m bench.apple_ingest --database-url postgresql+psycopg://... --processes 2
     python -m bench.apple_ingest --workers 1        # and a `reconcile worker` beside serve
+    python -m bench.apple_ingest --database-url postgresql+psycopg://... --serve-workers 2
     python -m bench.apple_ingest --endpoint         # one webhook endpoint (a local receiver)
 
 Each round starts a service on a fresh SQLite file; the round with the median ratio is
@@ -67,6 +68,30 @@ def notifications(ca: AppleTestCA, count: int, subscriptions: int) -> list[str]:
     return signed
 
 
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (uvicorn's workers and resource tracker)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return sorted(found)
+
+
+def resident_mb(pid: int) -> float:
+    """The resident set size of process `pid`, in MB (0 when it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def naive_rate(ca: AppleTestCA, payloads: list[str]) -> float:
     """Notifications per second verified fully by a fresh-chain `SignedDataVerifier`."""
     verifier = SignedDataVerifier([ca.root_der], False, Environment.SANDBOX, BUNDLE_ID)
@@ -104,6 +129,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--subscriptions", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--processes", type=int, default=1, help="`reconcile serve` processes")
+    parser.add_argument("--serve-workers", type=int, default=1,
+                        help="`reconcile serve --workers N`: N processes on one port (PostgreSQL)")
     parser.add_argument("--workers", type=int, default=0,
                         help="`reconcile worker` processes beside them (a multi-process layout)")
     parser.add_argument("--rounds", type=int, default=3,
@@ -162,7 +189,8 @@ def run(args: argparse.Namespace, ca: AppleTestCA, root: Path, payloads: list[st
     receivers = ExitStack()
     try:
         for _ in range(args.processes):
-            process, url = start_service(env)
+            process, url = start_service(env, "--workers", str(args.serve_workers),
+                                         ready_within=120)
             processes.append(process)
             urls.append(url)
         if args.endpoint:
@@ -174,6 +202,8 @@ def run(args: argparse.Namespace, ca: AppleTestCA, root: Path, payloads: list[st
         began = time.perf_counter()
         latencies, posting = post_concurrently(urls, "/webhooks/apple", bodies, args.clients)
         finished = wait_processed(database_url, len(payloads), timeout=600)
+        memory = [resident_mb(pid) for process in processes
+                  for pid in [process.pid, *children(process.pid)]]
     finally:
         for process in processes:
             process.terminate()
@@ -188,6 +218,9 @@ def run(args: argparse.Namespace, ca: AppleTestCA, root: Path, payloads: list[st
     figures = {
         "database": database_url.split(":", 1)[0],
         "processes": args.processes,
+        "serve_workers": args.serve_workers,
+        # Resident memory of every process (a `serve --workers N` parent, then its children).
+        "resident_mb": " ".join(f"{mb:.0f}" for mb in memory),
         "worker_processes": args.workers,
         "webhook_endpoint": args.endpoint,
         "notifications": len(payloads),

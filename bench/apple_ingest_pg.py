@@ -2,6 +2,7 @@
 
     python -m bench.apple_ingest_pg                          # 2 processes, default load
     python -m bench.apple_ingest_pg --processes 4 --notifications 6000 --clients 16
+    python -m bench.apple_ingest_pg --scaling 2 --rounds 2   # serve --workers 1 against 2
 
 Starts a PostgreSQL server with scripts/postgres.sh (as an unprivileged user, in a temporary
 directory), creates an empty database, runs `bench.apple_ingest` against it with `--processes`
@@ -46,10 +47,42 @@ def throwaway_postgres() -> Iterator[str]:
                        check=False)
 
 
+def fresh_database(url: str, name: str) -> str:
+    """The URL of a new empty database `name` on the server of `url`."""
+    engine = create_engine(url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with engine.connect() as connection:
+        connection.execute(text(f"CREATE DATABASE {name}"))
+    engine.dispose()
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+def scaling(url: str, workers: int, rounds: int, rest: list[str]) -> dict[str, Any]:
+    """`serve --workers 1` against `serve --workers N`, alternating, each round on a fresh
+    database of one server: the ratio of the median processed rates."""
+    rates: dict[int, list[float]] = {1: [], workers: []}
+    for number in range(rounds):
+        for count in (1, workers):
+            database = fresh_database(url, f"bench_{number}_{count}")
+            figures = apple_ingest.main([*rest, "--database-url", database, "--processes", "1",
+                                         "--serve-workers", str(count)])
+            rates[count].append(figures["processed_per_second"])
+    medians = {count: sorted(values)[len(values) // 2] for count, values in rates.items()}
+    ratio = medians[workers] / medians[1]
+    print(f"processed per second, serve --workers 1: {rates[1]}; --workers {workers}: "
+          f"{rates[workers]}; ratio of medians {ratio:.2f}")
+    return {"rates": rates, "ratio": ratio}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--scaling", type=int, default=0, metavar="N",
+                        help="compare `serve --workers 1` with `serve --workers N`")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of --scaling")
     args, rest = parser.parse_known_args(argv)
+    if args.scaling:
+        with throwaway_postgres() as url:
+            return scaling(url, args.scaling, args.rounds, rest)
     with throwaway_postgres() as url:
         return apple_ingest.main([*rest, "--database-url", url,
                                   "--processes", str(args.processes)])

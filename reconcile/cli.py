@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from reconcile import startup
+from reconcile import serving, startup
 from reconcile.app import create_app
 from reconcile.catalog.file import CatalogError
 from reconcile.config import Settings
@@ -124,11 +124,32 @@ def migrate_command() -> None:
 def serve(
     host: str = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port, 1-65535.")] = 8000,
+    workers: Annotated[int, typer.Option(
+        min=1, max=serving.MAX_WORKERS,
+        help="Service processes on the port, 1-64 (more than 1 needs PostgreSQL); each runs "
+             "HTTP and the background worker.")] = 1,
 ) -> None:
     """HTTP API (webhooks + admin) with the background worker in the same process."""
+    if workers != 1:
+        _serve_processes(host, port, workers)
+        return
     services = _start()
     uvicorn.run(create_app(services), host=host, port=port, log_level="info",
                 timeout_graceful_shutdown=10)
+
+
+def _serve_processes(host: str, port: int, workers: int) -> None:
+    logging.basicConfig(level=logging.INFO, format=serving.LOG_FORMAT)
+    with _startup_errors():
+        settings = _settings()
+        refusal = serving.workers_refusal(workers, settings)
+        if refusal is not None:
+            raise ConfigError([refusal])
+        migrate(settings.database_url)
+    startup_log.info("starting %d processes: %s", workers, startup.summary(settings))
+    for warning in startup.warnings(settings):
+        startup_log.warning("%s", warning)
+    serving.serve_processes(host, port, workers)
 
 
 @cli.command()

@@ -5,6 +5,7 @@ While the database cannot be reached, a scrape still answers: the process's own 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -18,6 +19,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -53,13 +55,19 @@ class Metrics:
         # process_* (CPU, memory, open files), python_gc_*, python_info: this process's own.
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             self.registry.register(collector)
+        # Under `serve --workers N` the children count in files of one folder (prometheus
+        # multiprocess mode), so that whichever child answers a scrape reports all of them.
+        shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        counters = None if shared else self.registry
+        if shared:
+            MultiProcessCollector(self.registry, path=shared)  # type: ignore[no-untyped-call]
         self.received = Counter(
             "reconcile_notifications_received", "Notifications accepted at the webhook.",
-            ["channel", "type"], registry=self.registry,
+            ["channel", "type"], registry=counters,
         )
         self.rejected = Counter(
             "reconcile_notifications_rejected", "Notifications refused at the webhook.",
-            ["channel", "reason"], registry=self.registry,
+            ["channel", "reason"], registry=counters,
         )
         self.registry.register(_DatabaseCollector(sessions, clock, unacknowledged_age_hours,
                                                   database or DatabaseWatch()))

@@ -364,6 +364,7 @@ class Cursor(Base):
 # Tables owned by domain folders, imported here so that Base.metadata holds them all.
 # Plain imports, not `from ... import`: either module may be the one imported first.
 import reconcile.audit.models  # noqa: E402
+import reconcile.budget.models  # noqa: E402  (shared store-call budgets)
 import reconcile.console.models  # noqa: E402, F401
 from reconcile.credits.models import CreditBalance, CreditEntry  # noqa: E402, F401
 from reconcile.notify.models import (  # noqa: E402, F401  (outbound events' tables)

@@ -5,6 +5,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
+
+
+class CallLimiter(Protocol):
+    """What store clients ask before each call: blocks until it may be made."""
+
+    def acquire(self) -> float: ...
 
 
 class TokenBucket:
@@ -29,8 +36,9 @@ class TokenBucket:
         self._updated = clock()
         self._lock = threading.Lock()
 
-    def acquire(self) -> None:
-        """Block until a call may be made."""
+    def acquire(self) -> float:
+        """Block until a call may be made; answers the seconds waited."""
+        waited = 0.0
         while True:
             with self._lock:
                 now = self._clock()
@@ -40,9 +48,10 @@ class TokenBucket:
                 self._updated = now
                 if self._tokens >= 1:
                     self._tokens -= 1
-                    return
+                    return waited
                 wait = (1 - self._tokens) / self.fill_per_second
             self._sleep(wait)
+            waited += wait
 
 
 WINDOW_SECONDS = 60.0

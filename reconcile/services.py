@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from reconcile.acknowledgements import AcknowledgementJob, AcknowledgementWatchdog
+from reconcile.budget.limiter import SharedRateLimiter
 from reconcile.cancellation import Canceller, default_cancellers
 from reconcile.catalog.file import Catalog, load_catalog
 from reconcile.catalog.reads import EntitlementReads
@@ -33,7 +34,7 @@ from reconcile.notify.delivery import DeliveryJob
 from reconcile.notify.sweep import EntitlementSweep
 from reconcile.outage import DatabaseWatch
 from reconcile.outbox import GoogleCancelJob
-from reconcile.ratelimit import RateLimiter
+from reconcile.ratelimit import CallLimiter, RateLimiter
 from reconcile.reconciliation.job import ReconcileJob
 from reconcile.reconciliation.runner import Reconciler
 from reconcile.reconciliation.sources import TruthSource
@@ -119,8 +120,10 @@ def build_services(
         settings=settings, engine=engine, sessions=sessions, clock=clock, metrics=metrics,
         apple=build_apple_verifier(settings), reconciler=reconciler, truth=truth,
         catalog=catalog, reader=make_read_engine(settings.database_url, engine),
-        apple_api=AppStoreApi.from_settings(settings, sleep=sleep),
-        google_push=build_push_authenticator(settings), play=build_play_client(settings),
+        apple_api=AppStoreApi.from_settings(settings, sleep=sleep,
+                                            limiter=apple_call_budget(settings, sessions)),
+        google_push=build_push_authenticator(settings),
+        play=build_play_client(settings, limiter=google_call_budget(settings, sessions)),
         cancellers=default_cancellers(settings.google_package_name), database=database,
     )
     if services.apple is not None:
@@ -196,13 +199,28 @@ def build_push_authenticator(settings: Settings) -> PushAuthenticator | None:
                              settings.google_oidc_certs_url)
 
 
-def build_play_client(settings: Settings) -> PlayClient | None:
+def google_call_budget(settings: Settings, sessions: sessionmaker[Session]) -> SharedRateLimiter:
+    """The Play Developer API quota for every process on the database together."""
+    return SharedRateLimiter(sessions, "google-play", settings.google_calls_per_minute, 60.0)
+
+
+def apple_call_budget(settings: Settings, sessions: sessionmaker[Session]) -> SharedRateLimiter:
+    """The App Store Server API rate for every process on the database together, counted per
+    minute (at most 60 x the rate in any 60 s)."""
+    per_minute = max(1, int(settings.apple_calls_per_second * 60))
+    return SharedRateLimiter(sessions, "app-store", per_minute, 60.0)
+
+
+def build_play_client(
+    settings: Settings, *, limiter: CallLimiter | None = None
+) -> PlayClient | None:
+    """The Play client; `limiter` (default: this process's own) paces its calls."""
     if not (settings.google_package_name and settings.google_service_account_file):
         return None
     return PlayClient.from_key_file(
         settings.google_package_name, settings.google_service_account_file,
         api_endpoint=settings.google_api_endpoint,
-        limiter=RateLimiter(settings.google_calls_per_minute),
+        limiter=limiter or RateLimiter(settings.google_calls_per_minute),
         retries=settings.google_api_retries,
         backoff_seconds=settings.google_api_backoff_seconds,
         timeout_seconds=settings.google_api_timeout_seconds,

@@ -40,7 +40,7 @@ from requests import RequestException
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from reconcile.config import Settings
-from reconcile.ratelimit import TokenBucket
+from reconcile.ratelimit import CallLimiter, TokenBucket
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -134,15 +134,18 @@ class AppStoreApi:
         calls_per_second: float = 50.0,
         attempts: int = 4,
         sleep: Callable[[float], None] = time.sleep,
+        limiter: CallLimiter | None = None,
     ) -> None:
         self._clients = clients
-        self._bucket = TokenBucket(calls_per_second, sleep=sleep)
+        # `limiter` (the deployment's shared budget) replaces this process's own bucket.
+        self._bucket: CallLimiter = limiter or TokenBucket(calls_per_second, sleep=sleep)
         self._attempts = attempts
         self._sleep = sleep
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, sleep: Callable[[float], None] = time.sleep
+        cls, settings: Settings, *, sleep: Callable[[float], None] = time.sleep,
+        limiter: CallLimiter | None = None,
     ) -> AppStoreApi | None:
         """The client the settings describe, or None when no API key is configured."""
         key_path = settings.apple_private_key_path
@@ -161,7 +164,7 @@ class AppStoreApi:
                 client._base_url = settings.apple_api_base_url.rstrip("/")
             clients[name] = client
         return cls(clients, calls_per_second=settings.apple_calls_per_second,
-                   attempts=settings.apple_api_attempts, sleep=sleep)
+                   attempts=settings.apple_api_attempts, sleep=sleep, limiter=limiter)
 
     @property
     def environments(self) -> list[str]:

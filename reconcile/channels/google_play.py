@@ -24,7 +24,7 @@ from google_auth_httplib2 import AuthorizedHttp
 from googleapiclient.discovery import build
 from googleapiclient.errors import HttpError
 
-from reconcile.ratelimit import RateLimiter
+from reconcile.ratelimit import CallLimiter, RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class PlayClient:
         credentials: Credentials,
         *,
         api_endpoint: str | None = None,
-        limiter: RateLimiter | None = None,
+        limiter: CallLimiter | None = None,
         retries: int = 3,
         backoff_seconds: float = 0.5,
         timeout_seconds: float = 10.0,
