@@ -1,0 +1,178 @@
+"""The outbox's statements: claim the heads of the (endpoint, account) lines that are due, and
+write what the attempts came to. Both run in the sender's one transaction per round, Core
+statements over the rows' ids (no ORM object per delivery), so a round that records a
+hundred outcomes and hands out a hundred attempts costs a handful of statements.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import (
+    ColumnElement,
+    CursorResult,
+    Table,
+    and_,
+    bindparam,
+    exists,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.orm import Session, aliased
+
+from reconcile.notify.endpoints import signing_secrets
+from reconcile.notify.models import Delivery, Event, WebhookEndpoint
+from reconcile.notify.service import event_json
+
+log = logging.getLogger("reconcile.notify.delivery")
+
+# Core, not the ORM: executemany over ids, not a bulk update by primary key.
+_DELIVERIES = cast(Table, Delivery.__table__)
+_COLUMNS = _DELIVERIES.c
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """Everything one send needs, read in the claiming transaction."""
+
+    delivery_id: int
+    endpoint_id: str
+    event_id: str
+    url: str
+    body: str
+    secrets: tuple[str, ...]
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one send came to, and when it ended (the time its row records)."""
+
+    status_code: int | None
+    error: str | None
+    at: datetime
+
+    @property
+    def delivered(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+def _due(now: datetime) -> tuple[ColumnElement[bool], ...]:
+    return (Delivery.status == "pending", Delivery.next_attempt_at <= now,
+            or_(Delivery.lease_until.is_(None), Delivery.lease_until < now))
+
+
+def claim(session: Session, *, owner: str, now: datetime, lease: timedelta, free: int,
+          per_endpoint: int, busy: Mapping[str, int]) -> list[Attempt]:
+    """Lease up to `free` due heads of their lines, at most `per_endpoint` in flight for each
+    endpoint counting the `busy` ones, oldest first."""
+    endpoints = list(session.scalars(
+        select(WebhookEndpoint).where(
+            WebhookEndpoint.enabled.is_(True),
+            WebhookEndpoint.id.in_(select(Delivery.endpoint_id).where(*_due(now)).distinct()),
+        ).order_by(WebhookEndpoint.id)
+    ))
+    claimed: list[Attempt] = []
+    for endpoint in endpoints:
+        room = min(per_endpoint - busy.get(endpoint.id, 0), free - len(claimed))
+        if room > 0:
+            claimed.extend(_claim_for(session, endpoint, owner, now, lease, room))
+    return claimed
+
+
+def _claim_for(session: Session, endpoint: WebhookEndpoint, owner: str, now: datetime,
+               lease: timedelta, limit: int) -> list[Attempt]:
+    earlier = aliased(Delivery)
+    rows = session.execute(
+        select(Delivery.id, Delivery.attempts, Event)
+        .join(Event, Event.id == Delivery.event_id)
+        .where(
+            Delivery.endpoint_id == endpoint.id, *_due(now),
+            # Only the head of its (endpoint, account) line: per-account order.
+            ~exists().where(and_(
+                earlier.endpoint_id == Delivery.endpoint_id,
+                earlier.account_id == Delivery.account_id,
+                earlier.status == "pending",
+                earlier.position < Delivery.position,
+            )),
+        )
+        .order_by(Delivery.position)
+        .limit(limit)
+        .with_for_update(skip_locked=True, of=Delivery)
+    ).tuples().all()
+    if not rows:
+        return []
+    session.execute(
+        update(Delivery).where(Delivery.id.in_([delivery_id for delivery_id, _, _ in rows]))
+        .values(lease_owner=owner, lease_until=now + lease, attempts=Delivery.attempts + 1)
+        .execution_options(synchronize_session=False)
+    )
+    keys = tuple(signing_secrets(endpoint, now))
+    return [
+        Attempt(delivery_id, endpoint.id, event.id, endpoint.url,
+                json.dumps(event_json(event), separators=(",", ":")), keys, attempts + 1)
+        for delivery_id, attempts, event in rows
+    ]
+
+
+def _ours(owner: str) -> tuple[ColumnElement[bool], ...]:
+    # Still ours: not deleted, not retried by hand and claimed again since, lease not taken over.
+    return (_COLUMNS.id == bindparam("b_id"), _COLUMNS.status == "pending",
+            _COLUMNS.lease_owner == owner, _COLUMNS.attempts == bindparam("b_attempts"))
+
+
+def record(session: Session, *, owner: str, retry_seconds: Sequence[float],
+           outcomes: Sequence[tuple[Attempt, Outcome]]) -> None:
+    """Write the outcomes of `owner`'s attempts: delivered, due again later, or failed."""
+    delivered = [{"b_id": attempt.delivery_id, "b_attempts": attempt.attempts,
+                  "b_code": outcome.status_code, "b_at": outcome.at}
+                 for attempt, outcome in outcomes if outcome.delivered]
+    if delivered:
+        session.execute(
+            update(_DELIVERIES).where(*_ours(owner)).values(
+                status="delivered", delivered_at=bindparam("b_at"), next_attempt_at=None,
+                last_status_code=bindparam("b_code"), last_error=None, lease_owner=None,
+                lease_until=None,
+            ),
+            delivered,
+        )
+    for attempt, outcome in outcomes:
+        if not outcome.delivered:
+            _failed(session, owner, retry_seconds, attempt, outcome)
+
+
+def _failed(session: Session, owner: str, retry_seconds: Sequence[float], attempt: Attempt,
+            outcome: Outcome) -> None:
+    gone = outcome.status_code == 410
+    final = gone or attempt.attempts > len(retry_seconds)
+    next_at = None if final else outcome.at + timedelta(
+        seconds=retry_seconds[attempt.attempts - 1])
+    written = cast(CursorResult[Any], session.execute(
+        update(_DELIVERIES).where(*_ours(owner)).values(
+            status="failed" if final else "pending", next_attempt_at=next_at,
+            last_status_code=outcome.status_code, last_error=outcome.error, lease_owner=None,
+            lease_until=None,
+        ),
+        {"b_id": attempt.delivery_id, "b_attempts": attempt.attempts},
+    ))
+    if not written.rowcount:
+        return  # deleted, retried by hand, or our lease ran out and another sender took it
+    if gone:
+        session.execute(
+            update(WebhookEndpoint).where(WebhookEndpoint.id == attempt.endpoint_id).values(
+                enabled=False, disabled_reason="the endpoint answered 410 Gone",
+                updated_at=outcome.at,
+            ).execution_options(synchronize_session=False)
+        )
+    # No secret and no body: the event id, the endpoint and what went wrong.
+    log.warning(
+        "webhook delivery of event %s to endpoint %s failed (attempt %d): %s; %s",
+        attempt.event_id, attempt.endpoint_id, attempt.attempts, outcome.error,
+        "given up" if final else f"next at {next_at}",
+    )
