@@ -14,7 +14,6 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import (
-    ColumnElement,
     CursorResult,
     Table,
     and_,
@@ -63,21 +62,43 @@ class Outcome:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
-def _due(now: datetime) -> tuple[ColumnElement[bool], ...]:
-    return (Delivery.status == "pending", Delivery.next_attempt_at <= now,
-            or_(Delivery.lease_until.is_(None), Delivery.lease_until < now))
+# Built once: a round runs them with new values, no expression built per round.
+_DUE = (Delivery.status == "pending", Delivery.next_attempt_at <= bindparam("b_now"),
+        or_(Delivery.lease_until.is_(None), Delivery.lease_until < bindparam("b_now")))
+_ENDPOINTS = select(WebhookEndpoint).where(
+    WebhookEndpoint.enabled.is_(True),
+    WebhookEndpoint.id.in_(select(Delivery.endpoint_id).where(*_DUE).distinct()),
+).order_by(WebhookEndpoint.id)
+_EARLIER = aliased(Delivery)
+_HEADS = (
+    select(Delivery.id, Delivery.attempts, Event)
+    .join(Event, Event.id == Delivery.event_id)
+    .where(
+        Delivery.endpoint_id == bindparam("b_endpoint"), *_DUE,
+        # Only the head of its (endpoint, account) line: per-account order.
+        ~exists().where(and_(
+            _EARLIER.endpoint_id == Delivery.endpoint_id,
+            _EARLIER.account_id == Delivery.account_id,
+            _EARLIER.status == "pending",
+            _EARLIER.position < Delivery.position,
+        )),
+    )
+    .order_by(Delivery.position)
+    .limit(bindparam("b_limit"))
+    .with_for_update(skip_locked=True, of=Delivery)
+)
+_LEASE = (
+    update(_DELIVERIES).where(_COLUMNS.id.in_(bindparam("b_ids", expanding=True)))
+    .values(lease_owner=bindparam("b_owner"), lease_until=bindparam("b_until"),
+            attempts=_COLUMNS.attempts + 1)
+)
 
 
 def claim(session: Session, *, owner: str, now: datetime, lease: timedelta, free: int,
           per_endpoint: int, busy: Mapping[str, int]) -> list[Attempt]:
     """Lease up to `free` due heads of their lines, at most `per_endpoint` in flight for each
     endpoint counting the `busy` ones, oldest first."""
-    endpoints = list(session.scalars(
-        select(WebhookEndpoint).where(
-            WebhookEndpoint.enabled.is_(True),
-            WebhookEndpoint.id.in_(select(Delivery.endpoint_id).where(*_due(now)).distinct()),
-        ).order_by(WebhookEndpoint.id)
-    ))
+    endpoints = list(session.scalars(_ENDPOINTS, {"b_now": now}))
     claimed: list[Attempt] = []
     for endpoint in endpoints:
         room = min(per_endpoint - busy.get(endpoint.id, 0), free - len(claimed))
@@ -88,31 +109,13 @@ def claim(session: Session, *, owner: str, now: datetime, lease: timedelta, free
 
 def _claim_for(session: Session, endpoint: WebhookEndpoint, owner: str, now: datetime,
                lease: timedelta, limit: int) -> list[Attempt]:
-    earlier = aliased(Delivery)
     rows = session.execute(
-        select(Delivery.id, Delivery.attempts, Event)
-        .join(Event, Event.id == Delivery.event_id)
-        .where(
-            Delivery.endpoint_id == endpoint.id, *_due(now),
-            # Only the head of its (endpoint, account) line: per-account order.
-            ~exists().where(and_(
-                earlier.endpoint_id == Delivery.endpoint_id,
-                earlier.account_id == Delivery.account_id,
-                earlier.status == "pending",
-                earlier.position < Delivery.position,
-            )),
-        )
-        .order_by(Delivery.position)
-        .limit(limit)
-        .with_for_update(skip_locked=True, of=Delivery)
+        _HEADS, {"b_endpoint": endpoint.id, "b_now": now, "b_limit": limit}
     ).tuples().all()
     if not rows:
         return []
-    session.execute(
-        update(Delivery).where(Delivery.id.in_([delivery_id for delivery_id, _, _ in rows]))
-        .values(lease_owner=owner, lease_until=now + lease, attempts=Delivery.attempts + 1)
-        .execution_options(synchronize_session=False)
-    )
+    session.execute(_LEASE, {"b_ids": [delivery_id for delivery_id, _, _ in rows],
+                             "b_owner": owner, "b_until": now + lease})
     keys = tuple(signing_secrets(endpoint, now))
     return [
         Attempt(delivery_id, endpoint.id, event.id, endpoint.url,
@@ -121,27 +124,29 @@ def _claim_for(session: Session, endpoint: WebhookEndpoint, owner: str, now: dat
     ]
 
 
-def _ours(owner: str) -> tuple[ColumnElement[bool], ...]:
-    # Still ours: not deleted, not retried by hand and claimed again since, lease not taken over.
-    return (_COLUMNS.id == bindparam("b_id"), _COLUMNS.status == "pending",
-            _COLUMNS.lease_owner == owner, _COLUMNS.attempts == bindparam("b_attempts"))
+# Still ours: not deleted, not retried by hand and claimed again since, lease not taken over.
+_OURS = (_COLUMNS.id == bindparam("b_id"), _COLUMNS.status == "pending",
+         _COLUMNS.lease_owner == bindparam("b_owner"),
+         _COLUMNS.attempts == bindparam("b_attempts"))
+_DELIVERED = update(_DELIVERIES).where(*_OURS).values(
+    status="delivered", delivered_at=bindparam("b_at"), next_attempt_at=None,
+    last_status_code=bindparam("b_code"), last_error=None, lease_owner=None, lease_until=None,
+)
+_NOT_DELIVERED = update(_DELIVERIES).where(*_OURS).values(
+    status=bindparam("b_status"), next_attempt_at=bindparam("b_next"),
+    last_status_code=bindparam("b_code"), last_error=bindparam("b_error"), lease_owner=None,
+    lease_until=None,
+)
 
 
 def record(session: Session, *, owner: str, retry_seconds: Sequence[float],
            outcomes: Sequence[tuple[Attempt, Outcome]]) -> None:
     """Write the outcomes of `owner`'s attempts: delivered, due again later, or failed."""
     delivered = [{"b_id": attempt.delivery_id, "b_attempts": attempt.attempts,
-                  "b_code": outcome.status_code, "b_at": outcome.at}
+                  "b_owner": owner, "b_code": outcome.status_code, "b_at": outcome.at}
                  for attempt, outcome in outcomes if outcome.delivered]
     if delivered:
-        session.execute(
-            update(_DELIVERIES).where(*_ours(owner)).values(
-                status="delivered", delivered_at=bindparam("b_at"), next_attempt_at=None,
-                last_status_code=bindparam("b_code"), last_error=None, lease_owner=None,
-                lease_until=None,
-            ),
-            delivered,
-        )
+        session.execute(_DELIVERED, delivered)
     for attempt, outcome in outcomes:
         if not outcome.delivered:
             _failed(session, owner, retry_seconds, attempt, outcome)
@@ -153,14 +158,11 @@ def _failed(session: Session, owner: str, retry_seconds: Sequence[float], attemp
     final = gone or attempt.attempts > len(retry_seconds)
     next_at = None if final else outcome.at + timedelta(
         seconds=retry_seconds[attempt.attempts - 1])
-    written = cast(CursorResult[Any], session.execute(
-        update(_DELIVERIES).where(*_ours(owner)).values(
-            status="failed" if final else "pending", next_attempt_at=next_at,
-            last_status_code=outcome.status_code, last_error=outcome.error, lease_owner=None,
-            lease_until=None,
-        ),
-        {"b_id": attempt.delivery_id, "b_attempts": attempt.attempts},
-    ))
+    written = cast(CursorResult[Any], session.execute(_NOT_DELIVERED, {
+        "b_id": attempt.delivery_id, "b_attempts": attempt.attempts, "b_owner": owner,
+        "b_status": "failed" if final else "pending", "b_next": next_at,
+        "b_code": outcome.status_code, "b_error": outcome.error,
+    }))
     if not written.rowcount:
         return  # deleted, retried by hand, or our lease ran out and another sender took it
     if gone:

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 import httpx
 from sqlalchemy.orm import Session, sessionmaker
@@ -71,11 +72,12 @@ class DeliveryJob:
     _futures: set[Future[None]] = field(default_factory=set, init=False)
 
     def __post_init__(self) -> None:
-        self._client = httpx.Client(
-            timeout=self.timeout, transport=self.transport, follow_redirects=False,
-            limits=httpx.Limits(max_connections=self.concurrency,
-                                max_keepalive_connections=self.concurrency),
-        )
+        # The transport without a client around it: a client's cookies, auth, redirects and
+        # event hooks are unused here and cost as much as the transport itself.
+        self._transport = self.transport or httpx.HTTPTransport(limits=httpx.Limits(
+            max_connections=self.concurrency, max_keepalive_connections=self.concurrency))
+        self._timeouts = httpx.Timeout(self.timeout).as_dict()
+        self._urls: dict[str, httpx.URL] = {}  # parsing one costs as much as a send
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="webhook")
 
     def run_once(self, now: datetime) -> int:
@@ -104,7 +106,7 @@ class DeliveryJob:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self._client.close()
+        self._transport.close()
 
     def _run_round(self, now: datetime) -> int:
         with self._lock:
@@ -167,7 +169,21 @@ class DeliveryJob:
             return
         with self._lock:
             self._outcomes.append((attempt, outcome))
-        self._follow_up()
+            answered = {a.delivery_id for a, _ in self._outcomes}
+            left = sum(1 for delivery_id, endpoint_id in self._in_flight.items()
+                       if endpoint_id == attempt.endpoint_id and delivery_id not in answered)
+        if left <= self.per_endpoint // 2:
+            # Else enough are in flight: a later answer writes this outcome with its own, one
+            # round for several (or the worker's next round, if those hang).
+            self._follow_up()
+
+    def _url(self, url: str) -> httpx.URL:
+        parsed = self._urls.get(url)
+        if parsed is None:
+            if len(self._urls) > 1000:
+                self._urls.clear()
+            parsed = self._urls[url] = httpx.URL(url)
+        return parsed
 
     def _send(self, attempt: Attempt) -> Outcome:
         timestamp = self.wall().replace(microsecond=0)
@@ -178,9 +194,15 @@ class DeliveryJob:
             "webhook-signature": signature(attempt.secrets, attempt.event_id, timestamp,
                                            attempt.body),
         }
+        request = httpx.Request("POST", self._url(attempt.url), content=attempt.body.encode(),
+                                headers=headers, extensions={"timeout": self._timeouts})
         try:
-            response = self._client.post(attempt.url, content=attempt.body.encode(),
-                                         headers=headers)
+            response = self._transport.handle_request(request)
+            try:
+                for _ in cast(httpx.SyncByteStream, response.stream):
+                    pass  # the body is not used; read to the end, the connection is reused
+            finally:
+                response.close()
         except httpx.TimeoutException:
             return Outcome(None, f"no answer within {self.timeout:g} s", self.clock())
         except httpx.HTTPError as error:
