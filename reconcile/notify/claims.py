@@ -11,10 +11,9 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import cast
 
 from sqlalchemy import (
-    CursorResult,
     Table,
     and_,
     bindparam,
@@ -71,7 +70,9 @@ _ENDPOINTS = select(WebhookEndpoint).where(
 ).order_by(WebhookEndpoint.id)
 _EARLIER = aliased(Delivery)
 _HEADS = (
-    select(Delivery.id, Delivery.attempts, Event)
+    # The event's columns under their own names: a row reads as the event (`event_json`).
+    select(Delivery.id.label("delivery_id"), Delivery.attempts.label("delivery_attempts"),
+           Event.id, Event.type, Event.created_at, Event.account_id, Event.sequence, Event.data)
     .join(Event, Event.id == Delivery.event_id)
     .where(
         Delivery.endpoint_id == bindparam("b_endpoint"), *_DUE,
@@ -85,7 +86,7 @@ _HEADS = (
     )
     .order_by(Delivery.position)
     .limit(bindparam("b_limit"))
-    .with_for_update(skip_locked=True, of=Delivery)
+    .with_for_update(skip_locked=True, of=_DELIVERIES)
 )
 _LEASE = (
     update(_DELIVERIES).where(_COLUMNS.id.in_(bindparam("b_ids", expanding=True)))
@@ -109,18 +110,19 @@ def claim(session: Session, *, owner: str, now: datetime, lease: timedelta, free
 
 def _claim_for(session: Session, endpoint: WebhookEndpoint, owner: str, now: datetime,
                lease: timedelta, limit: int) -> list[Attempt]:
-    rows = session.execute(
-        _HEADS, {"b_endpoint": endpoint.id, "b_now": now, "b_limit": limit}
-    ).tuples().all()
+    connection = session.connection()  # Core rows: no ORM object per delivery
+    rows = connection.execute(
+        _HEADS, {"b_endpoint": endpoint.id, "b_now": now, "b_limit": limit}).all()
     if not rows:
         return []
-    session.execute(_LEASE, {"b_ids": [delivery_id for delivery_id, _, _ in rows],
-                             "b_owner": owner, "b_until": now + lease})
+    connection.execute(_LEASE, {"b_ids": [row.delivery_id for row in rows],
+                                "b_owner": owner, "b_until": now + lease})
     keys = tuple(signing_secrets(endpoint, now))
     return [
-        Attempt(delivery_id, endpoint.id, event.id, endpoint.url,
-                json.dumps(event_json(event), separators=(",", ":")), keys, attempts + 1)
-        for delivery_id, attempts, event in rows
+        Attempt(row.delivery_id, endpoint.id, row.id, endpoint.url,
+                json.dumps(event_json(row), separators=(",", ":")), keys,
+                row.delivery_attempts + 1)
+        for row in rows
     ]
 
 
@@ -146,7 +148,7 @@ def record(session: Session, *, owner: str, retry_seconds: Sequence[float],
                   "b_owner": owner, "b_code": outcome.status_code, "b_at": outcome.at}
                  for attempt, outcome in outcomes if outcome.delivered]
     if delivered:
-        session.execute(_DELIVERED, delivered)
+        session.connection().execute(_DELIVERED, delivered)
     for attempt, outcome in outcomes:
         if not outcome.delivered:
             _failed(session, owner, retry_seconds, attempt, outcome)
@@ -158,15 +160,15 @@ def _failed(session: Session, owner: str, retry_seconds: Sequence[float], attemp
     final = gone or attempt.attempts > len(retry_seconds)
     next_at = None if final else outcome.at + timedelta(
         seconds=retry_seconds[attempt.attempts - 1])
-    written = cast(CursorResult[Any], session.execute(_NOT_DELIVERED, {
+    written = session.connection().execute(_NOT_DELIVERED, {
         "b_id": attempt.delivery_id, "b_attempts": attempt.attempts, "b_owner": owner,
         "b_status": "failed" if final else "pending", "b_next": next_at,
         "b_code": outcome.status_code, "b_error": outcome.error,
-    }))
+    })
     if not written.rowcount:
         return  # deleted, retried by hand, or our lease ran out and another sender took it
     if gone:
-        session.execute(
+        session.connection().execute(
             update(WebhookEndpoint).where(WebhookEndpoint.id == attempt.endpoint_id).values(
                 enabled=False, disabled_reason="the endpoint answered 410 Gone",
                 updated_at=outcome.at,
