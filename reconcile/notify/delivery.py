@@ -83,8 +83,14 @@ class DeliveryJob:
     def run_once(self, now: datetime) -> int:
         """Write the outcomes that came back, claim what is due and free to go, hand it to
         the pool; returns how many were handed out."""
-        with self._round:
+        if not self._round.acquire(blocking=False):
+            # A round is running (the worker's other jobs do not wait for it): it claims
+            # what is due now, and the rounds its sends' answers start claim what comes later.
+            return 0
+        try:
             handed = self._run_round(now)
+        finally:
+            self._round.release()
         self._follow_up()
         return handed
 
