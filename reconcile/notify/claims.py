@@ -18,6 +18,8 @@ from sqlalchemy import (
     and_,
     bindparam,
     exists,
+    func,
+    literal_column,
     or_,
     select,
     update,
@@ -61,12 +63,18 @@ class Outcome:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
-# Built once: a round runs them with new values, no expression built per round.
-_DUE = (Delivery.status == "pending", Delivery.next_attempt_at <= bindparam("b_now"),
+# Built once: a round runs them with new values, no expression built per round. `pending` is
+# written out, as in the partial index `ix_webhook_deliveries_pending`, so that it is used.
+_PENDING = Delivery.status == literal_column("'pending'")
+# The due time inside an expression: SQLite would otherwise read every due row of every
+# endpoint through `ix_webhook_deliveries_due` and sort them, not the endpoint's in order.
+_DUE = (_PENDING,
+        func.coalesce(Delivery.next_attempt_at, Delivery.next_attempt_at) <= bindparam("b_now"),
         or_(Delivery.lease_until.is_(None), Delivery.lease_until < bindparam("b_now")))
 _ENDPOINTS = select(WebhookEndpoint).where(
     WebhookEndpoint.enabled.is_(True),
-    WebhookEndpoint.id.in_(select(Delivery.endpoint_id).where(*_DUE).distinct()),
+    select(Delivery.id).where(Delivery.endpoint_id == WebhookEndpoint.id, *_DUE)
+    .exists(),
 ).order_by(WebhookEndpoint.id)
 _EARLIER = aliased(Delivery)
 _HEADS = (
@@ -80,7 +88,7 @@ _HEADS = (
         ~exists().where(and_(
             _EARLIER.endpoint_id == Delivery.endpoint_id,
             _EARLIER.account_id == Delivery.account_id,
-            _EARLIER.status == "pending",
+            _EARLIER.status == literal_column("'pending'"),
             _EARLIER.position < Delivery.position,
         )),
     )
