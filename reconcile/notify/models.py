@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from reconcile.models import Base, BigId, JsonDocument
@@ -87,6 +87,11 @@ class Delivery(Base):
         Index("ix_webhook_deliveries_list", "endpoint_id", "position"),
         # The console's account timeline: where each of the account's events stands.
         Index("ix_webhook_deliveries_event", "event_id"),
+        # What the sender claims from: an endpoint's pending deliveries in order, without the
+        # delivered history in the way however long it grows (see reconcile.notify.claims).
+        Index("ix_webhook_deliveries_pending", "endpoint_id", "position",
+              postgresql_where=text("status = 'pending'"),
+              sqlite_where=text("status = 'pending'")),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, event, insert, select, update
+from sqlalchemy import Row, Table, bindparam, event, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
@@ -317,8 +317,8 @@ def _queue_deliveries(session: Session, events: list[dict[str, Any]], now: datet
         session.execute(insert(_DELIVERIES), rows)
 
 
-def event_json(row: Event) -> dict[str, Any]:
-    """The contract's Event."""
+def event_json(row: Event | Row[Any]) -> dict[str, Any]:
+    """The contract's Event (of the entity, or of a row of its columns)."""
     return {"id": row.id, "type": row.type, "created_at": iso(row.created_at),
             "account_id": row.account_id, "sequence": row.sequence, "data": row.data}
 

@@ -2,7 +2,7 @@
 lookups by store id and account, partial indexes for waiting and failed work
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 Create Date: 2026-12-01
 """
 
