@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import insert
 
+from bench import wrk
 from bench.load import get_concurrently, percentile
 from reconcile.db import make_engine, migrate
 from reconcile.models import Account, Purchase, StoreId, Subscription
@@ -76,8 +77,12 @@ def seed(database_url: str, accounts: int) -> None:
     engine.dispose()
 
 
-def measure(url: str, paths: list[str], clients: int) -> dict[str, float]:
+def measure(url: str, paths: list[str], clients: int, client: str = "python"
+            ) -> dict[str, float]:
     headers = {"Authorization": f"Bearer {APP_TOKEN}"}
+    if client == "wrk":
+        # A fixed time rather than a count: roughly what the Python client would take.
+        return wrk.wrk_get(url, paths, clients, seconds=10, headers=headers)
     latencies, wall = get_concurrently(url, paths, clients, headers)
     return {"per_second": len(paths) / wall, "p50_ms": percentile(latencies, 50) * 1000,
             "p99_ms": percentile(latencies, 99) * 1000}
@@ -89,6 +94,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--database-url", default=None, help="default: a temporary SQLite file")
+    parser.add_argument("--client", choices=["python", "wrk"], default="python",
+                        help="load generator: Python threads, or `wrk` (Debian package), a C "
+                             "client that leaves the cores to the service")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="bench-entitlements-"))
     database_url = args.database_url or f"sqlite:///{workdir / 'bench.db'}"
@@ -103,16 +111,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         warm = [f"/v1/accounts/acct-{rng.randrange(args.accounts)}/entitlements"
                 for _ in range(2000)]
         get_concurrently(url, warm, args.clients, {"Authorization": f"Bearer {APP_TOKEN}"})
-        ceiling = measure(url, ["/healthz"] * args.requests, args.clients)
+        ceiling = measure(url, ["/healthz"] * args.requests, args.clients, args.client)
         paths = [f"/v1/accounts/acct-{rng.randrange(args.accounts)}/entitlements"
                  for _ in range(args.requests)]
-        reads = measure(url, paths, args.clients)
-        ceiling_after = measure(url, ["/healthz"] * args.requests, args.clients)
+        reads = measure(url, paths, args.clients, args.client)
+        ceiling_after = measure(url, ["/healthz"] * args.requests, args.clients, args.client)
     finally:
         stop_service(process)
     trivial = (ceiling["per_second"] + ceiling_after["per_second"]) / 2
     figures: dict[str, Any] = {
-        "database": database_url.split(":")[0], "accounts": args.accounts,
+        "database": database_url.split(":")[0], "accounts": args.accounts, "client": args.client,
         "clients": args.clients, "trivial_per_second": trivial,
         "trivial_p99_ms": max(ceiling["p99_ms"], ceiling_after["p99_ms"]),
         "entitlements_per_second": reads["per_second"],
