@@ -14,6 +14,7 @@ from reconcile.channels.google_play import PlayClient, PlayPermanentError, PlayU
 from reconcile.ratelimit import RateLimiter
 from tests.fakes.play import FakePlay, subscription_purchase
 from tests.support.google import PACKAGE, write_service_account
+from tests.support.windows import most_in_window
 
 SAFE_METHODS = {
     "get_subscription", "cancel", "acknowledge_subscription", "get_product",
@@ -153,22 +154,12 @@ def test_threads_share_the_client(fake_play: FakePlay, play: PlayClient) -> None
     assert len(fake_play.calls_named("subscriptionsv2.get")) == 40
 
 
-def max_in_window(times: list[float], window: float = 60.0) -> int:
-    times = sorted(times)
-    best = first = 0
-    for last, at in enumerate(times):
-        while at - times[first] >= window:
-            first += 1
-        best = max(best, last - first + 1)
-    return best
-
-
 @pytest.mark.parametrize("per_minute", [1, 7, 120, 3000])
 def test_rate_never_exceeded_in_any_window(per_minute: int) -> None:
     """However many callers queue at once, no 60-second window holds more than the quota."""
     limiter = RateLimiter(per_minute, clock=lambda: 0.0, sleep=lambda _: None)
     slots = [limiter.acquire() for _ in range(per_minute * 3 + 5)]
-    assert max_in_window(slots) <= per_minute
+    assert most_in_window(slots, 60.0) <= per_minute
     # ... and the quota is used, not wasted.
     assert (len(slots) - 1) / slots[-1] * 60 >= 0.8 * per_minute
 
@@ -193,4 +184,4 @@ def test_rate_limiter_is_thread_safe() -> None:
     waited = [slot for slot in slots if slot > 0]
     assert len(slots) - len(waited) == limiter.burst
     assert len(set(waited)) == len(waited)
-    assert max_in_window(slots) <= 60
+    assert most_in_window(slots, 60.0) <= 60

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.fakes.local_server import LocalServer
 from tests.support.apple_ca import AppleTestCA
+from tests.support.windows import most_in_window
 
 JSON = dict[str, Any]
 Query = dict[str, list[str]]
@@ -502,13 +503,8 @@ class FakeAppStore(LocalServer):
     def max_calls_in_window(self, window_seconds: float) -> int:
         """The most calls that arrived within any interval of `window_seconds`."""
         with self.lock:
-            times = sorted(c.at for c in self.calls)
-        best = start = 0
-        for end, t in enumerate(times):
-            while t - times[start] >= window_seconds:
-                start += 1
-            best = max(best, end - start + 1)
-        return best
+            times = [c.at for c in self.calls]
+        return most_in_window(times, window_seconds)
 
     def assert_clean(self, *, include_unexpected: bool = False) -> None:
         """Raise AssertionError listing every forbidden (cancel/refund/revoke/extend) call."""

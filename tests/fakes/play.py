@@ -26,6 +26,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import googleapiclient
 
 from tests.fakes.local_server import LocalServer
+from tests.support.windows import most_in_window
 
 JsonDict = dict[str, Any]
 
@@ -369,14 +370,8 @@ class FakePlay(LocalServer):
     def max_calls_in_window(self, window_seconds: float) -> int:
         """Most API calls that arrived within any span of `window_seconds`."""
         with self.lock:
-            times = sorted(call.at for call in self.calls)
-        best = 0
-        first = 0
-        for last, at in enumerate(times):
-            while at - times[first] >= window_seconds:
-                first += 1
-            best = max(best, last - first + 1)
-        return best
+            times = [call.at for call in self.calls]
+        return most_in_window(times, window_seconds)
 
     def assert_clean(self, *, allow_unexpected: bool = False) -> None:
         """Raise AssertionError if a forbidden, unknown or crashing call was made."""
