@@ -47,16 +47,22 @@ def test_search_finds_accounts_subscriptions_and_apple_ids(
     assert "Nothing found for “no-such-id”" in missing.text
 
 
+def google_subscription(app: RunningApp, pusher: Pusher, fake_play: FakePlay,
+                        clock: FakeClock) -> None:
+    """The account's Google subscription (TOKEN, latest order ORDER), pushed and applied."""
+    fake_play.subscriptions[TOKEN] = subscription_purchase(
+        "premium_monthly", acknowledged=True, account_id=ACCOUNT, order_id=ORDER,
+        expiry_time=clock.now + timedelta(days=20), now=clock.now)
+    pusher.push(subscription_notification(TOKEN, 4, clock.now))
+    app.drain()
+
+
 def test_search_finds_google_tokens_and_order_ids(
     google_app: RunningApp, pusher: Pusher, fake_play: FakePlay, clock: FakeClock,
     client_for: Clients
 ) -> None:
     """A Google purchase token and the order id of its latest payment both find the account."""
-    fake_play.subscriptions[TOKEN] = subscription_purchase(
-        "premium_monthly", acknowledged=True, account_id=ACCOUNT, order_id=ORDER,
-        expiry_time=clock.now + timedelta(days=20), now=clock.now)
-    pusher.push(subscription_notification(TOKEN, 4, clock.now))
-    google_app.drain()
+    google_subscription(google_app, pusher, fake_play, clock)
     client = client_for(google_app, "vic", "viewer")
     for query in (TOKEN, ORDER):
         answer = client.get("/console/search", params={"q": query})
@@ -69,11 +75,7 @@ def test_search_finds_the_order_id_of_a_refund(
     client_for: Clients
 ) -> None:
     """The order id of a Google refund finds the account, even when no history names it."""
-    fake_play.subscriptions[TOKEN] = subscription_purchase(
-        "premium_monthly", acknowledged=True, account_id=ACCOUNT, order_id=ORDER,
-        expiry_time=clock.now + timedelta(days=20), now=clock.now)
-    pusher.push(subscription_notification(TOKEN, 4, clock.now))
-    google_app.drain()
+    google_subscription(google_app, pusher, fake_play, clock)
     refunded = "GPA.3311-2402-4141-00001"
     with transaction(google_app.services.sessions) as session:
         ingest(session, Normalised(kind="VOIDED_PURCHASE", refund=RefundSeen(
