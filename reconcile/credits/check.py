@@ -87,11 +87,7 @@ class LedgerCheck:
     def _problems(self, session: Session, purchase: Purchase) -> list[tuple[str, str]]:
         """(what the ledger holds, what the store transactions call for) per mismatch."""
         per_unit = self.catalog.credits(purchase.product_id) or 0
-        grants = session.scalar(
-            select(func.count()).select_from(CreditEntry).where(
-                CreditEntry.source == source_of(purchase),
-                CreditEntry.idempotency_key == grant_key(purchase))
-        ) or 0
+        grants = _count(session, purchase, grant_key(purchase))
         problems: list[tuple[str, str]] = []
         owed = purchase.account_id is not None and purchase.state == "purchased"
         if grants == 0 and owed:
@@ -111,11 +107,7 @@ class LedgerCheck:
                 continue
             if refund.partial and not refund.quantity:
                 continue
-            clawed = session.scalar(
-                select(func.count()).select_from(CreditEntry).where(
-                    CreditEntry.source == source_of(purchase),
-                    CreditEntry.idempotency_key == clawback_key(refund))
-            ) or 0
+            clawed = _count(session, purchase, clawback_key(refund))
             if clawed == 0 and (holding > 0 or grants == 0):
                 what = f"{refund.quantity} refunded" if refund.partial else "refunded"
                 problems.append(("no clawback", f"{what} {refund.refunded_at:%Y-%m-%dT%H:%M:%SZ}"))
@@ -123,6 +115,7 @@ class LedgerCheck:
 
 
 def _count(session: Session, purchase: Purchase, key: str) -> int:
+    """Entries of the purchase's transaction made under `key`."""
     return session.scalar(
         select(func.count()).select_from(CreditEntry).where(
             CreditEntry.source == source_of(purchase), CreditEntry.idempotency_key == key)

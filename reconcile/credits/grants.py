@@ -53,10 +53,7 @@ def _entry(session: Session, purchase: Purchase, key: str) -> CreditEntry | None
 
 
 def _has(session: Session, purchase: Purchase, key: str) -> bool:
-    return session.scalars(
-        select(CreditEntry.id).where(CreditEntry.source == source_of(purchase),
-                                     CreditEntry.idempotency_key == key)
-    ).first() is not None
+    return _entry(session, purchase, key) is not None
 
 
 def granted_for(session: Session, purchase: Purchase) -> int:
