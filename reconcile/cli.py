@@ -54,7 +54,9 @@ def _options(
     _Options.debug = debug
 
 
-def _start(level: int = logging.INFO) -> Services:
+def _start(level: int = logging.INFO, *, settle: bool = True) -> Services:
+    """Settings checked, schema migrated, services built; with `settle`, what start-up made is
+    set aside from the collector (`serve` does that itself once its app is built too)."""
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     with _startup_errors():
         settings = _settings()
@@ -63,7 +65,8 @@ def _start(level: int = logging.INFO) -> Services:
     startup_log.info("starting: %s", startup.summary(settings))
     for warning in startup.warnings(settings):
         startup_log.warning("%s", warning)
-    serving.settle_memory()
+    if settle:
+        serving.settle_memory()
     return services
 
 
@@ -122,8 +125,8 @@ def serve(
     if workers != 1:
         _serve_processes(host, port, workers)
         return
-    app = create_app(_start())
-    serving.settle_memory()  # the app's routes and templates too, made after start-up
+    app = create_app(_start(settle=False))
+    serving.settle_memory()  # the app's routes and templates too
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
 
 
