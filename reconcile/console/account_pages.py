@@ -68,6 +68,7 @@ def account_page(request: Request, account_id: str, signed: ReaderDep, session: 
             status_code=404)
     return page(request, "account.html", {
         "signed": signed, **_account_context(session, document, account_id),
+        "catalog_missing": not services.catalog.products,
         "notice": actions.DONE.get(done or ""), "section": "account"})
 
 

@@ -109,6 +109,17 @@ def test_account_page_shows_every_channel_and_a_timeline(
     assert "&#34;originalTransactionId&#34;: &#34;7000000000000042&#34;" in decoded
 
 
+def test_without_a_catalog_the_page_says_why_there_are_no_entitlements(
+    app: RunningApp, client_for: Clients
+) -> None:
+    """With no product catalog configured, "no entitlements" names the missing setting rather
+    than contradicting the access badge."""
+    portal_subscription(app, ACCOUNT)
+    page = client_for(app, "vic", "viewer").get(f"/console/accounts/{ACCOUNT}").text
+    assert "no product catalog is configured" in page
+    assert "<code>RECONCILE_CATALOG_FILE</code>" in page
+
+
 def test_viewer_sees_no_action_buttons(app: RunningApp, client_for: Clients) -> None:
     """A viewer's account page has no Cancel, Block or Port out; an admin's has them all."""
     portal_subscription(app, ACCOUNT)
