@@ -8,7 +8,7 @@ are merged with the same `reconcile.state.apply`, in the same order, as
 `reconcile.ingest.apply_observation` would, and written with multi-row INSERTs (new
 subscriptions, store ids, events, accounts) and one version-checked UPDATE per known
 subscription. Everything else is left to `ingest`. An UPDATE that finds another version raises
-`StaleDataError`, and a concurrent insert of the same store id or account a unique violation,
+`StaleDataError`, and a concurrent insert of the same store id a unique violation,
 exactly as through the ORM: the caller rolls back and retries entry by entry through `ingest`.
 Functions take the caller's session and never commit.
 """
@@ -40,6 +40,7 @@ from reconcile.state import (
     decode_clock,
     encode_clock,
 )
+from reconcile.store_records import create_accounts
 from reconcile.views import present
 
 # Outbox entries that a state change may confirm (see `confirm_cancellations`,
@@ -52,7 +53,6 @@ _VIEWED = ("channel", "environment", "last_event_at", "created_at", "updated_at"
 _SUBSCRIPTIONS = cast(Table, Subscription.__table__)
 _EVENTS = cast(Table, SubscriptionEvent.__table__)
 _STORE_IDS = cast(Table, StoreId.__table__)
-_ACCOUNTS = cast(Table, Account.__table__)
 _WRITE = (
     update(_SUBSCRIPTIONS)
     .where(_SUBSCRIPTIONS.c.id == bindparam("b_id"),
@@ -165,16 +165,11 @@ def _track(
 
 
 def _ensure_accounts(session: Session, account_ids: set[str], now: datetime) -> None:
-    """`ledger.ensure_account` for many: a row for every account id not yet known."""
+    """`store_records.ensure_account` for many: a row for every account id not yet known."""
     known = set(session.scalars(
         select(Account.account_id).where(Account.account_id.in_(sorted(account_ids)))
     ))
-    missing = sorted(account_ids - known)
-    if missing:
-        session.execute(insert(_ACCOUNTS), [
-            {"account_id": account_id, "consumption_consent": False, "credits_purchased": 0,
-             "credits_used": 0, "updated_at": now} for account_id in missing
-        ])
+    create_accounts(session, account_ids - known, now)
 
 
 def _nothing_to_record(outcome: Normalised) -> bool:

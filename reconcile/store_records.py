@@ -6,9 +6,11 @@ state. Functions take the caller's session and never commit.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import select
+from sqlalchemy import Boolean, Table, bindparam, select, text
 from sqlalchemy.orm import Session
 
 from reconcile.catalog.file import Catalog
@@ -30,16 +32,34 @@ from reconcile.views import refund_json
 # Apple wants a consumption answer within 12 hours of the request.
 CONSUMPTION_DEADLINE = timedelta(hours=12)
 NO_CATALOG = Catalog()
+_ACCOUNTS = cast(Table, Account.__table__)
+# Text, compiled once (SQLAlchemy 2.0 cannot cache a compiled `on_conflict_do_nothing`);
+# SQLite and PostgreSQL both read it. A concurrent creator's row wins: with PostgreSQL the
+# INSERT waits for that transaction and then does nothing.
+_CREATE_ACCOUNTS = text(
+    "INSERT INTO accounts (account_id, consumption_consent, credits_purchased, credits_used,"
+    " updated_at) VALUES (:account_id, :consent, 0, 0, :updated_at)"
+    " ON CONFLICT (account_id) DO NOTHING"
+).bindparams(bindparam("consent", type_=Boolean()),
+             bindparam("updated_at", type_=_ACCOUNTS.c.updated_at.type))
 
 
 def ensure_account(session: Session, account_id: str, now: datetime) -> Account:
+    """The account's row, created when missing."""
     account = session.get(Account, account_id)
     if account is None:
-        account = Account(account_id=account_id, consumption_consent=False,
-                          credits_purchased=0, credits_used=0, updated_at=now)
-        session.add(account)
-        session.flush()
+        create_accounts(session, [account_id], now)
+        account = session.get(Account, account_id)
+        assert account is not None, account_id
     return account
+
+
+def create_accounts(session: Session, account_ids: Iterable[str], now: datetime) -> None:
+    """A row for each of these accounts not yet known, in id order (so two writers creating
+    the same accounts never deadlock); one another process creates meanwhile is kept."""
+    rows = [{"account_id": a, "consent": False, "updated_at": now} for a in sorted(account_ids)]
+    if rows:
+        session.execute(_CREATE_ACCOUNTS, rows)
 
 
 def record_purchase(

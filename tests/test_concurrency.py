@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,8 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import Engine
 
-from reconcile.models import InboxEntry, Subscription, SubscriptionEvent
+from reconcile.models import Account, InboxEntry, Subscription, SubscriptionEvent
+from reconcile.store_records import create_accounts, ensure_account
 from reconcile.worker import InboxJob
 from tests.support.apple_burst import story
 from tests.support.apple_ca import AppleTestCA
@@ -116,3 +117,29 @@ def test_racing_workers_update_one_subscription_without_losing_either(
     subs = app.client.get("/v1/subscriptions").json()["items"]
     assert [{key: sub[key] for key in told.expected} for sub in subs] == [told.expected]
     assert_each_applied_once(app)
+
+
+def test_racing_writers_create_one_account_without_an_error(app: RunningApp) -> None:
+    """Two transactions that both find an account missing both go on: the second to insert it
+    keeps the first's row. Two that create the same accounts, listed in opposite orders, do
+    not deadlock. (Two `serve` processes creating a portal subscription for one new account
+    once answered 500 here: a unique violation on `accounts`.)"""
+    sessions = app.services.sessions
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+
+    def create(account_ids: list[str]) -> str:
+        with sessions() as session:
+            made = ensure_account(session, "acct-a", now).account_id
+            create_accounts(session, account_ids, now)
+            session.commit()
+            return made
+
+    # Lookups pass a SHARE lock, inserts wait: both find the account missing, then both insert.
+    with ThreadPoolExecutor(2) as pool:
+        with held(app.services.engine, "LOCK TABLE accounts IN SHARE MODE", waiters=2):
+            made = [pool.submit(create, order) for order in (["acct-b", "acct-c"],
+                                                              ["acct-c", "acct-b"])]
+        assert [future.result(60) for future in made] == ["acct-a", "acct-a"]
+    with sessions() as session:
+        assert sorted(session.scalars(select(Account.account_id))) == [
+            "acct-a", "acct-b", "acct-c"]
