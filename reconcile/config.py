@@ -10,6 +10,10 @@ from pydantic import Field, FilePath, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 APPLE_ROOT_CA_G3 = Path(__file__).parent / "certs" / "AppleRootCA-G3.der"
+# The background worker's jobs, by name (`RECONCILE_WORKER_JOBS` picks among them).
+WORKER_JOBS = ("inbox", "google-acknowledge", "google-ack-watchdog", "google-cancel",
+               "apple-consumption", "reconcile", "portal-expiry", "entitlement-sweep",
+               "webhook-delivery")
 
 
 def _split(value: object) -> object:
@@ -72,6 +76,9 @@ class Settings(BaseSettings):
     worker_batch_size: int = Field(default=50, gt=0)
     worker_max_attempts: int = Field(default=12, gt=0)
     worker_lease_seconds: float = Field(default=60.0, gt=0)
+    # Which jobs this process's worker runs: empty for all, names for only those, or names
+    # each with a leading "-" for all but those (e.g. the webhook sender in its own process).
+    worker_jobs: Annotated[list[str], NoDecode] = []
     reconcile_interval_minutes: float = Field(default=0, ge=0)  # 0 = no scheduled runs
     reconcile_concurrency: int = Field(default=8, gt=0)
     # Subscriptions per reconciliation page: the unit of checkpointing and of memory use.
@@ -103,7 +110,8 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "apple_environments", "apple_root_certs", "google_consumable_products", mode="before"
+        "apple_environments", "apple_root_certs", "google_consumable_products", "worker_jobs",
+        mode="before"
     )
     @classmethod
     def _comma_list(cls, value: object) -> object:
@@ -118,6 +126,27 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown Apple environment(s) {', '.join(sorted(unknown))}: "
                              "expected a comma list of production, sandbox")
         return lowered
+
+    @field_validator("worker_jobs")
+    @classmethod
+    def _known_jobs(cls, value: list[str]) -> list[str]:
+        unknown = sorted({name.removeprefix("-") for name in value} - set(WORKER_JOBS))
+        if unknown:
+            raise ValueError(f"unknown worker job(s) {', '.join(unknown)}: expected a comma "
+                             f"list of {', '.join(WORKER_JOBS)}, or of them each with a "
+                             "leading '-' to run all but those")
+        if len({name.startswith("-") for name in value}) > 1:
+            raise ValueError("worker jobs are either all named (run only those) or all "
+                             "prefixed with '-' (run all but those), not both")
+        return value
+
+    def runs_job(self, name: str) -> bool:
+        """Whether this process's worker runs the job called `name`."""
+        if not self.worker_jobs:
+            return True
+        if self.worker_jobs[0].startswith("-"):
+            return f"-{name}" not in self.worker_jobs
+        return name in self.worker_jobs
 
     @field_validator("apple_root_certs")
     @classmethod

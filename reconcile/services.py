@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -43,6 +44,8 @@ from webhooks.apple import AppleVerifier, load_certificate
 from webhooks.google import PushAuthenticator
 from webhooks.intake import Intake
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class Services:
@@ -79,7 +82,14 @@ class Services:
                                                   self.clock)
 
     def worker(self) -> Worker:
-        return Worker(self.jobs, clock=self.clock, poll_seconds=self.settings.worker_poll_seconds,
+        """This process's background worker, with the jobs `RECONCILE_WORKER_JOBS` picks."""
+        jobs = [job for job in self.jobs if self.settings.runs_job(job.name)]
+        missing = sorted({name for name in self.settings.worker_jobs if not name.startswith("-")}
+                         - {job.name for job in jobs})
+        if missing:
+            log.warning("RECONCILE_WORKER_JOBS names %s, which this configuration does not run "
+                        "(its channel or store API is not configured)", ", ".join(missing))
+        return Worker(jobs, clock=self.clock, poll_seconds=self.settings.worker_poll_seconds,
                       wake=self.new_work, database=self.database)
 
     def close(self) -> None:

@@ -81,6 +81,7 @@ def summary(settings: Settings) -> str:
         f"database: {database.get_backend_name()} ({where})",
         f"admin token: {'set' if _admin_token(settings) else 'NOT SET'}",
         f"scheduled reconciliation: {f'every {interval:g} min' if interval else 'off'}",
+        *([f"worker jobs: {', '.join(settings.worker_jobs)}"] if settings.worker_jobs else []),
     ])
 
 

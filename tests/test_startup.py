@@ -19,6 +19,7 @@ pytestmark = pytest.mark.slow
 
 BAD_SETTINGS = {
     "RECONCILE_WORKER_POLL_SECONDS": "abc",
+    "RECONCILE_WORKER_JOBS": "inbox,sender",
     "RECONCILE_APPLE_ENVIRONMENTS": "prod",
     "RECONCILE_APPLE_APP_APPLE_ID": "",
     "RECONCILE_APPLE_ROOT_CERTS": "/nonexistent/AppleRootCA.der",
@@ -52,6 +53,10 @@ def test_bad_settings_exit_2_with_one_line_each(
         " does not point to a file",
         "configuration error: RECONCILE_WORKER_POLL_SECONDS='abc': Input should be a valid"
         " number, unable to parse string as a number",
+        "configuration error: RECONCILE_WORKER_JOBS='inbox,sender': unknown worker job(s)"
+        " sender: expected a comma list of inbox, google-acknowledge, google-ack-watchdog,"
+        " google-cancel, apple-consumption, reconcile, portal-expiry, entitlement-sweep,"
+        " webhook-delivery, or of them each with a leading '-' to run all but those",
     ]
     assert "Traceback" not in done.stderr + done.stdout
     assert len(done.stderr.splitlines()) == len(errors)
