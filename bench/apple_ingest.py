@@ -9,6 +9,7 @@ naively with the library's `SignedDataVerifier` (notification + transaction + re
     python -m bench.apple_ingest --workers 1        # and a `reconcile worker` beside serve
     python -m bench.apple_ingest --database-url postgresql+psycopg://... --serve-workers 2
     python -m bench.apple_ingest --endpoint         # one webhook endpoint (a local receiver)
+    python -m bench.apple_ingest --endpoint --sender-process   # the sender in its own process
 
 Each round starts a service on a fresh SQLite file; the round with the median ratio is
 reported in full (a shared machine's speed drifts between rounds).
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import tempfile
 import time
@@ -30,10 +32,11 @@ from appstoreserverlibrary.models.Environment import Environment
 from appstoreserverlibrary.signed_data_verifier import SignedDataVerifier
 from sqlalchemy import func, select
 
-from bench.events import slow_receiver
 from bench.load import percentile, post_concurrently
+from bench.receiver import receiver_process
 from reconcile.db import make_engine, make_sessionmaker, migrate
 from reconcile.models import InboxEntry
+from reconcile.notify.models import Delivery
 from tests.support.apple_ca import AppleTestCA
 from tests.support.apple_payloads import BUNDLE_ID, sign_notification
 from tests.support.process import service_env, start_service, start_worker
@@ -92,6 +95,15 @@ def resident_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time process `pid` has used so far (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def naive_rate(ca: AppleTestCA, payloads: list[str]) -> float:
     """Notifications per second verified fully by a fresh-chain `SignedDataVerifier`."""
     verifier = SignedDataVerifier([ca.root_der], False, Environment.SANDBOX, BUNDLE_ID)
@@ -123,6 +135,24 @@ def wait_processed(database_url: str, expected: int, timeout: float) -> float:
     raise TimeoutError(f"only {done} of {expected} processed")
 
 
+def wait_delivered(database_url: str, timeout: float) -> float:
+    """Until no delivery is pending (every event sent and its outcome written)."""
+    engine = make_engine(database_url)
+    sessions = make_sessionmaker(engine)
+    deadline = time.perf_counter() + timeout
+    try:
+        while time.perf_counter() < deadline:
+            with sessions() as session:
+                left = session.scalar(select(func.count()).select_from(Delivery)
+                                      .where(Delivery.status == "pending"))
+            if not left:
+                return time.perf_counter()
+            time.sleep(0.02)
+    finally:
+        engine.dispose()
+    raise TimeoutError(f"{left} deliveries still pending")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--notifications", type=int, default=3000)
@@ -141,6 +171,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--endpoint", action="store_true",
                         help="register one webhook endpoint (a local receiver answering 200): "
                              "every event is also queued and delivered")
+    parser.add_argument("--sender-process", action="store_true",
+                        help="the webhook sender in a `reconcile worker` of its own "
+                             "(RECONCILE_WORKER_JOBS), with or without --endpoint")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting for the service, e.g. RECONCILE_WORKER_BATCH_SIZE=20")
     parser.add_argument("--catalog", default=None,
@@ -184,26 +217,35 @@ def run(args: argparse.Namespace, ca: AppleTestCA, root: Path, payloads: list[st
     extra = {"RECONCILE_CATALOG_FILE": args.catalog} if args.catalog else {}
     extra.update(setting.split("=", 1) for setting in args.env)
     env = service_env(database_url, root, RECONCILE_WORKER_POLL_SECONDS="0.05", **extra)
+    serve_env = {**env, "RECONCILE_WORKER_JOBS": "-webhook-delivery"} if (
+        args.sender_process) else env
     processes: list[subprocess.Popen[bytes]] = []
     urls = []
     receivers = ExitStack()
+    delivered = None
     try:
         for _ in range(args.processes):
-            process, url = start_service(env, "--workers", str(args.serve_workers),
+            process, url = start_service(serve_env, "--workers", str(args.serve_workers),
                                          ready_within=120)
             processes.append(process)
             urls.append(url)
         if args.endpoint:
-            receiver = receivers.enter_context(slow_receiver(0.0))
+            receiver = receivers.enter_context(receiver_process())
             httpx.post(f"{urls[0]}/v1/webhook-endpoints", json={"url": receiver},
                        headers={"Authorization": "Bearer process-admin-token"},
                        timeout=30).raise_for_status()
-        processes.extend(start_worker(env) for _ in range(args.workers))
+        processes.extend(start_worker(serve_env) for _ in range(args.workers))
+        if args.sender_process:
+            processes.append(start_worker({**env, "RECONCILE_WORKER_JOBS": "webhook-delivery"}))
+        pids = [pid for process in processes for pid in [process.pid, *children(process.pid)]]
+        cpu_before = sum(cpu_seconds(pid) for pid in pids)
         began = time.perf_counter()
         latencies, posting = post_concurrently(urls, "/webhooks/apple", bodies, args.clients)
         finished = wait_processed(database_url, len(payloads), timeout=600)
-        memory = [resident_mb(pid) for process in processes
-                  for pid in [process.pid, *children(process.pid)]]
+        if args.endpoint:
+            delivered = wait_delivered(database_url, timeout=600)
+        cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_before
+        memory = [resident_mb(pid) for pid in pids]
     finally:
         for process in processes:
             process.terminate()
@@ -223,6 +265,7 @@ def run(args: argparse.Namespace, ca: AppleTestCA, root: Path, payloads: list[st
         "resident_mb": " ".join(f"{mb:.0f}" for mb in memory),
         "worker_processes": args.workers,
         "webhook_endpoint": args.endpoint,
+        "sender_process": args.sender_process,
         "notifications": len(payloads),
         "clients": args.clients,
         "accepted_per_second": len(payloads) / posting,
@@ -230,6 +273,11 @@ def run(args: argparse.Namespace, ca: AppleTestCA, root: Path, payloads: list[st
         "latency_p99_ms": percentile(latencies, 99) * 1000,
         "all_processed_seconds": total,
         "processed_per_second": len(payloads) / total,
+        # Every event sent and its outcome written (with --endpoint).
+        "all_delivered_seconds": (delivered - began) if delivered else "-",
+        # CPU of every service process (not the load generator, not the receiver), from the
+        # first notification until all were processed (and, with --endpoint, delivered).
+        "service_cpu_ms_per_notification": cpu / len(payloads) * 1000,
         "naive_before_per_second": naive_before,
         "naive_after_per_second": naive_after,
         "naive_verify_per_second": naive,

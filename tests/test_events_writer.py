@@ -130,6 +130,27 @@ def test_the_generic_emit_numbers_events_at_commit_and_a_rollback_leaves_no_gap(
     assert found[0]["created_at"] == "2026-11-01T12:00:00Z"
 
 
+def test_one_commit_for_many_accounts_numbers_each_account_and_the_feed(
+    sessions: sessionmaker[Session],
+) -> None:
+    """Commits naming 7 accounts, then 13 (7 known, 6 new; the counters are locked in chunks
+    of powers of two): each account's sequence goes on from its own last number, and the
+    feed's positions run on without a gap or a repeat."""
+    first = [f"acct-{n:02d}" for n in range(7)]
+    second = [f"acct-{n:02d}" for n in range(13)]
+    for accounts in (first, second, second[::-1]):
+        with transaction(sessions) as session:
+            for account in accounts:
+                notify.emit(session, type="credits.granted", account_id=account,
+                            data={"entry": {"amount": 1}}, now=NOW)
+    with transaction(sessions) as session:
+        found = list(events_after(session, 0))
+    assert [e.position for e in found] == list(range(1, 7 + 13 + 13 + 1))
+    for account in second:
+        told = 3 if account in first else 2
+        assert [e.sequence for e in found if e.account_id == account] == list(range(1, told + 1))
+
+
 def test_sequences_stay_gapless_with_writers_racing_on_one_account(
     sessions: sessionmaker[Session],
 ) -> None:

@@ -19,10 +19,10 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import Row, Table, bindparam, event, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Row, Table, TextClause, bindparam, event, insert, select, text, update
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 from reconcile.catalog.file import Catalog
@@ -255,23 +255,42 @@ def _row(kind: str, account_id: str | None, subscription_id: str | None,
             "subscription_id": subscription_id, "created_at": now, "data": dict(data)}
 
 
-def _upsert(session: Session) -> Any:
-    module = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    return module.insert(_COUNTERS)
+# Text, compiled once per shape: SQLAlchemy 2.0 cannot cache a compiled
+# `on_conflict_do_update`, and compiling one cost more than the rest of a small commit.
+# SQLite and PostgreSQL both read this SQL; only placeholders vary, the values are bound.
+@cache
+def _lock_counters(rows: int) -> TextClause:
+    """Create or lock `rows` counters (setting a held one to itself takes its row lock) and
+    return their values."""
+    values = ", ".join(f"(:name_{i}, 0)" for i in range(rows))
+    return text(
+        f"INSERT INTO event_counters (name, value) VALUES {values}"  # noqa: S608
+        " ON CONFLICT (name) DO UPDATE SET value = event_counters.value RETURNING name, value")
+
+
+_ADVANCE_POSITION = text(
+    "INSERT INTO event_counters (name, value) VALUES (:name, :count)"
+    " ON CONFLICT (name) DO UPDATE SET value = event_counters.value + :count RETURNING value")
+
+
+def _powers_of_two(count: int) -> list[int]:
+    """`count` as a sum of powers of two, largest first: few statement shapes for any count."""
+    return [1 << bit for bit in range(count.bit_length() - 1, -1, -1) if count >> bit & 1]
 
 
 def _lock_accounts(session: Session, accounts: set[str]) -> dict[str, int]:
     """Lock the accounts' sequence counters (sorted, so writers never deadlock on them) until
     the commit ends, and read them: whoever holds them decides the accounts' next events."""
-    if not accounts:
-        return {}
-    statement = _upsert(session).values([{"name": f"account:{a}", "value": 0}
-                                         for a in sorted(accounts)])
-    statement = statement.on_conflict_do_update(
-        index_elements=["name"], set_={"value": _COUNTERS.c.value}
-    ).returning(_COUNTERS.c.name, _COUNTERS.c.value)
-    return {name.removeprefix("account:"): value
-            for name, value in session.execute(statement)}
+    names = [f"account:{a}" for a in sorted(accounts)]
+    held: dict[str, int] = {}
+    start = 0
+    for size in _powers_of_two(len(names)):
+        chunk = names[start:start + size]
+        start += size
+        rows = session.execute(_lock_counters(size),
+                               {f"name_{i}": name for i, name in enumerate(chunk)})
+        held.update((name.removeprefix("account:"), value) for name, value in rows)
+    return held
 
 
 def _number(session: Session, events: list[dict[str, Any]], held: dict[str, int]) -> None:
@@ -291,11 +310,8 @@ def _number(session: Session, events: list[dict[str, Any]], held: dict[str, int]
             .values(value=bindparam("b_value")),
             moved,
         )
-    statement = _upsert(session).values(name=POSITION, value=len(events))
-    statement = statement.on_conflict_do_update(
-        index_elements=["name"], set_={"value": _COUNTERS.c.value + len(events)}
-    ).returning(_COUNTERS.c.value)
-    top = session.execute(statement).scalar_one()
+    top = session.execute(_ADVANCE_POSITION,
+                          {"name": POSITION, "count": len(events)}).scalar_one()
     for offset, row in enumerate(events):
         row["position"] = top - len(events) + 1 + offset
 
