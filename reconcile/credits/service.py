@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Table, bindparam, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -146,17 +145,18 @@ def append(
     return entry
 
 
+# Text, compiled once (SQLAlchemy 2.0 cannot cache a compiled `on_conflict_do_nothing`);
+# SQLite and PostgreSQL both read it.
+_CREATE_BALANCE = text(
+    "INSERT INTO credit_balances (account_id, balance, granted, used, adjusted, clawed_back,"
+    " updated_at) VALUES (:account_id, 0, 0, 0, 0, 0, :updated_at)"
+    " ON CONFLICT (account_id) DO NOTHING"
+).bindparams(bindparam("updated_at", type_=_BALANCES.c.updated_at.type))
+
+
 def _ensure_balance(session: Session, account_id: str, now: datetime) -> None:
     """The account's balance row, created at zero if missing (a concurrent creator wins)."""
-    dialect = session.get_bind().dialect.name
-    values = {"account_id": account_id, "balance": 0, "granted": 0, "used": 0, "adjusted": 0,
-              "clawed_back": 0, "updated_at": now}
-    if dialect == "postgresql":
-        session.execute(postgresql.insert(_BALANCES).values(values)
-                        .on_conflict_do_nothing(index_elements=["account_id"]))
-    else:
-        session.execute(sqlite.insert(_BALANCES).values(values)
-                        .on_conflict_do_nothing(index_elements=["account_id"]))
+    session.execute(_CREATE_BALANCE, {"account_id": account_id, "updated_at": now})
 
 
 def _keyed(session: Session, account_id: str, key: str) -> CreditEntry | None:
