@@ -104,6 +104,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def wait_idle(pids: list[int], timeout: float = 60.0) -> None:
+    """Until the processes have finished starting (their CPU use drops to an idle poll), so
+    that the CPU measured is the work's, not the imports' of a worker started just before."""
+    deadline = time.perf_counter() + timeout
+    used = sum(cpu_seconds(pid) for pid in pids)
+    while time.perf_counter() < deadline:
+        time.sleep(0.5)
+        now = sum(cpu_seconds(pid) for pid in pids)
+        if now - used < 0.1:
+            return
+        used = now
+
+
 def naive_rate(ca: AppleTestCA, payloads: list[str]) -> float:
     """Notifications per second verified fully by a fresh-chain `SignedDataVerifier`."""
     verifier = SignedDataVerifier([ca.root_der], False, Environment.SANDBOX, BUNDLE_ID)
@@ -238,6 +251,7 @@ def run(args: argparse.Namespace, ca: AppleTestCA, root: Path, payloads: list[st
         if args.sender_process:
             processes.append(start_worker({**env, "RECONCILE_WORKER_JOBS": "webhook-delivery"}))
         pids = [pid for process in processes for pid in [process.pid, *children(process.pid)]]
+        wait_idle(pids)
         cpu_before = sum(cpu_seconds(pid) for pid in pids)
         began = time.perf_counter()
         latencies, posting = post_concurrently(urls, "/webhooks/apple", bodies, args.clients)

@@ -12,11 +12,23 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import Engine
 
-from reconcile.models import Account, InboxEntry, Subscription, SubscriptionEvent
+from reconcile.console.models import SignInFailures
+from reconcile.console.service import sign_in
+from reconcile.db import transaction
+from reconcile.models import (
+    Account,
+    InboxEntry,
+    Purchase,
+    ReconciliationRun,
+    Subscription,
+    SubscriptionEvent,
+)
+from reconcile.reconciliation.job import ReconcileJob
 from reconcile.store_records import create_accounts, ensure_account
 from reconcile.worker import InboxJob
 from tests.support.apple_burst import story
@@ -143,3 +155,81 @@ def test_racing_writers_create_one_account_without_an_error(app: RunningApp) -> 
     with sessions() as session:
         assert sorted(session.scalars(select(Account.account_id))) == [
             "acct-a", "acct-b", "acct-c"]
+
+
+def test_two_first_failed_sign_ins_at_once_both_count(app: RunningApp) -> None:
+    """Two wrong passwords for one name from one address at the same moment, with no failure
+    on record yet: neither answers an error and both count toward the backoff."""
+    sessions = app.services.sessions
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+
+    def fail() -> bool:
+        with transaction(sessions) as session:
+            return sign_in(session, "mallory", "guess", "10.0.0.9", now, 8).session is None
+
+    with ThreadPoolExecutor(2) as pool:
+        with held(app.services.engine, "LOCK TABLE console_sign_in_failures IN SHARE MODE",
+                  waiters=2):
+            tried = [pool.submit(fail) for _ in range(2)]
+        assert [future.result(60) for future in tried] == [True, True]
+    with sessions() as session:
+        counted = {row.key: row.failures for row in session.scalars(select(SignInFailures))}
+    assert counted == {"user:mallory": 2, "ip:10.0.0.9": 2}
+
+
+def test_two_workers_scheduling_the_same_run_start_one(recon_app: RunningApp) -> None:
+    """The scheduled reconciliation comes due in two processes' workers at once: one run."""
+    services = recon_app.services
+    job = ReconcileJob(reconciler=services.reconciler, interval=timedelta(hours=1))
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    first = job.schedule(start, timedelta(hours=1))
+    assert first is not None
+    with transaction(services.sessions) as session:
+        session.execute(text("UPDATE reconciliation_runs SET status = 'done'"))
+    due = start + timedelta(hours=2)
+    # FOR UPDATE passes a SHARE lock, the cursor's UPDATE waits: both have read it by then.
+    with ThreadPoolExecutor(2) as pool:
+        with held(services.engine, "LOCK TABLE cursors IN SHARE MODE", waiters=2):
+            scheduled = [pool.submit(job.schedule, due, timedelta(hours=1)) for _ in range(2)]
+        started = [future.result(60) for future in scheduled]
+    assert len([run_id for run_id in started if run_id is not None]) == 1, started
+    with services.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(ReconciliationRun)) == 2
+
+
+def _post_twice_at_once(app: RunningApp, lock: str, path: str,
+                        body: dict[str, Any]) -> list[httpx.Response]:
+    """The same request from two clients at once, both held at their INSERT behind `lock`."""
+    def post() -> httpx.Response:
+        with httpx.Client(base_url=app.url, headers=app.client.headers, timeout=60) as client:
+            return client.post(path, json=body)
+
+    with ThreadPoolExecutor(2) as pool:
+        with held(app.services.engine, lock, waiters=2):
+            posted = [pool.submit(post) for _ in range(2)]
+        return [future.result(60) for future in posted]
+
+
+def test_one_portal_purchase_posted_twice_at_once_is_recorded_once(app: RunningApp) -> None:
+    """A portal backend's retry racing its first try: one 201, one 200 with the same purchase
+    (never a 500), one purchase recorded."""
+    body = {"account_id": "acct-race", "product_id": "credits.500", "reference": "web-1",
+            "quantity": 1}
+    answers = _post_twice_at_once(app, "LOCK TABLE purchases IN SHARE MODE",
+                                  "/v1/portal/purchases", body)
+    assert sorted(a.status_code for a in answers) == [200, 201], [a.text for a in answers]
+    assert answers[0].json()["id"] == answers[1].json()["id"]
+    with app.services.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Purchase)) == 1
+
+
+def test_one_portal_subscription_created_twice_at_once_is_a_conflict(app: RunningApp) -> None:
+    """Two creates of one portal store id at once: one 201, one 409 naming it (never a 500)."""
+    body = {"account_id": "acct-race", "product_id": "portal.pro.monthly",
+            "store_id": "portal-race-1", "expires_at": "2030-01-01T00:00:00Z",
+            "auto_renew": True}
+    answers = _post_twice_at_once(app, "LOCK TABLE store_ids IN SHARE MODE",
+                                  "/v1/portal/subscriptions", body)
+    assert sorted(a.status_code for a in answers) == [201, 409], [a.text for a in answers]
+    with app.services.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Subscription)) == 1

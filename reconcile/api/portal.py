@@ -3,10 +3,11 @@ own subscriptions, written as portal observations through the one writer of stat
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter
+from sqlalchemy.exc import IntegrityError
 
 from reconcile.api.deps import NowDep, SessionDep
 from reconcile.api.responses import answers
@@ -15,6 +16,7 @@ from reconcile.audit.service import API_ACTOR, record
 from reconcile.cancellation import load_for_update
 from reconcile.chains import find_subscription
 from reconcile.channels import portal
+from reconcile.db import is_conflict
 from reconcile.errors import Conflict, Invalid
 from reconcile.ids import new_id
 from reconcile.models import Subscription
@@ -27,17 +29,27 @@ router = APIRouter(prefix="/v1/portal/subscriptions", tags=["portal"])
 def create(body: PortalCreateBody, session: SessionDep, now: NowDep) -> dict[str, Any]:
     """A new portal subscription; `status` follows from `expires_at` against now."""
     store_id = body.store_id or new_id("portal")
-    existing = find_subscription(session, "portal", store_id)
-    if existing is not None:
-        raise Conflict(f"portal subscription {store_id} exists already",
-                       subscription=present(session, [existing], now)[0])
+    _refuse_existing(session, store_id, now)
     fields = body.model_dump(exclude={"store_id"})
     fields["expires_at"] = body.expires_at.astimezone(UTC)
-    subscription_id = portal.create(session, store_id, fields, now)
+    try:
+        with session.begin_nested():
+            subscription_id = portal.create(session, store_id, fields, now)
+    except IntegrityError as error:
+        if is_conflict(error):  # a concurrent create of this store id committed first
+            _refuse_existing(session, store_id, now)
+        raise
     record(session, actor=API_ACTOR, action="portal.create", target=subscription_id,
            note=_changes(body.model_dump(mode="json")), now=now)
     session.flush()
     return present(session, [_get(session, subscription_id)], now)[0]
+
+
+def _refuse_existing(session: SessionDep, store_id: str, now: datetime) -> None:
+    existing = find_subscription(session, "portal", store_id)
+    if existing is not None:
+        raise Conflict(f"portal subscription {store_id} exists already",
+                       subscription=present(session, [existing], now)[0])
 
 
 @router.patch("/{subscription_id}", responses=answers(404, 409))

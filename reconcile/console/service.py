@@ -11,8 +11,9 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import delete
+from sqlalchemy import Table, bindparam, delete, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -106,12 +107,19 @@ def _wait(session: Session, key: str, now: datetime) -> int:
     return max(1, int((row.blocked_until - now).total_seconds() + 0.999))
 
 
+# Text, compiled once; SQLite and PostgreSQL both read it. Two first failures at once (two
+# processes, or two threads) both count: the second waits for the first's row and locks it.
+_NEW_FAILURES = text(
+    "INSERT INTO console_sign_in_failures (key, failures, last_failed_at)"
+    " VALUES (:key, 0, :now) ON CONFLICT (key) DO NOTHING"
+).bindparams(bindparam("now", type_=cast(Table, SignInFailures.__table__).c.last_failed_at.type))
+
+
 def _fail(session: Session, key: str, now: datetime) -> None:
+    session.execute(_NEW_FAILURES, {"key": key, "now": now})
     row = session.get(SignInFailures, key, with_for_update=True)
-    if row is None:
-        row = SignInFailures(key=key, failures=0, last_failed_at=now, blocked_until=None)
-        session.add(row)
-    elif now - row.last_failed_at > FORGET_FAILURES:
+    assert row is not None, key
+    if now - row.last_failed_at > FORGET_FAILURES:
         row.failures = 0
     row.failures += 1
     row.last_failed_at = now

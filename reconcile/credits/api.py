@@ -13,11 +13,13 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from reconcile.accounts import known_account
 from reconcile.api.deps import NowDep, ServicesDep, SessionDep
 from reconcile.audit.service import API_ACTOR, record
 from reconcile.credits import grants, service
+from reconcile.db import is_conflict
 from reconcile.errors import Invalid
 from reconcile.models import Purchase
 from reconcile.outcomes import PurchaseSeen
@@ -118,18 +120,9 @@ def portal_purchase(body: PortalPurchaseBody, session: SessionDep, services: Ser
                     now: NowDep) -> dict[str, Any] | JSONResponse:
     """A one-time purchase made on the web portal; a credit pack grants its credits once.
     The same `reference` again answers 200 and changes nothing; with other details, 409."""
-    existing = session.scalars(
-        select(Purchase).where(Purchase.channel == "portal", Purchase.store_id == body.reference)
-    ).first()
+    existing = _portal_purchase(session, body.reference)
     if existing is not None:
-        same = (existing.account_id, existing.product_id, existing.quantity) == (
-            body.account_id, body.product_id, body.quantity)
-        if not same:
-            return JSONResponse(
-                {"detail": f"portal purchase {body.reference} was recorded with other details",
-                 "purchase": purchase_json(existing, is_blocked(session, existing.account_id))},
-                status_code=409)
-        return JSONResponse(_answer(session, existing), status_code=200)
+        return _again(session, existing, body)
     purchased_at = (body.purchased_at or now).astimezone(UTC)
     seen = PurchaseSeen(
         channel=Channel.PORTAL, store_id=body.reference, environment=body.environment,
@@ -138,10 +131,37 @@ def portal_purchase(body: PortalPurchaseBody, session: SessionDep, services: Ser
         quantity=body.quantity, amount=body.amount, currency=body.currency,
         purchased_at=purchased_at,
     )
-    row = record_purchase(session, seen, now, services.catalog)
+    try:
+        with session.begin_nested():
+            row = record_purchase(session, seen, now, services.catalog)
+    except IntegrityError as error:
+        # The same reference recorded by a concurrent request (a retry, another process)
+        # that committed first: answered as the repeat it is.
+        raced = _portal_purchase(session, body.reference) if is_conflict(error) else None
+        if raced is None:
+            raise
+        return _again(session, raced, body)
     record(session, actor=API_ACTOR, action="portal.purchase", target=body.reference,
            note=f"{body.quantity} x {body.product_id} for {body.account_id}", now=now)
     return _answer(session, row)
+
+
+def _portal_purchase(session: SessionDep, reference: str) -> Purchase | None:
+    return session.scalars(
+        select(Purchase).where(Purchase.channel == "portal", Purchase.store_id == reference)
+    ).first()
+
+
+def _again(session: SessionDep, existing: Purchase, body: PortalPurchaseBody) -> JSONResponse:
+    """A reference already recorded: 200 with it when the details match, else 409."""
+    same = (existing.account_id, existing.product_id, existing.quantity) == (
+        body.account_id, body.product_id, body.quantity)
+    if not same:
+        return JSONResponse(
+            {"detail": f"portal purchase {body.reference} was recorded with other details",
+             "purchase": purchase_json(existing, is_blocked(session, existing.account_id))},
+            status_code=409)
+    return JSONResponse(_answer(session, existing), status_code=200)
 
 
 def _answer(session: SessionDep, row: Purchase) -> dict[str, Any]:

@@ -10,9 +10,9 @@ from sqlalchemy.exc import IntegrityError
 
 from reconcile.db import transaction
 from reconcile.errors import StoreNotConfigured
-from reconcile.models import ReconciliationRun
+from reconcile.models import Cursor, ReconciliationRun
 from reconcile.reconciliation.runner import Reconciler
-from reconcile.reconciliation.sources import Filters, read_cursor, write_cursor
+from reconcile.reconciliation.sources import Filters, write_cursor
 
 SCHEDULE_CURSOR = "reconcile:schedule"
 
@@ -41,7 +41,10 @@ class ReconcileJob:
         """Start (and claim) a scheduled full run if one is due and none is running."""
         try:
             with transaction(self.reconciler.sessions) as session:
-                last = read_cursor(session, SCHEDULE_CURSOR)
+                # Locked before anything is read: a second process scheduling at the same
+                # moment waits here, then sees the run this one started and leaves it.
+                held = session.get(Cursor, SCHEDULE_CURSOR, with_for_update=True)
+                last = None if held is None else held.value
                 if last is not None and datetime.fromisoformat(last) + interval > now:
                     return None
                 running = session.scalars(
