@@ -23,6 +23,7 @@ import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -129,41 +130,36 @@ def naive_rate(ca: AppleTestCA, payloads: list[str]) -> float:
     return len(payloads) / (time.perf_counter() - started)
 
 
-def wait_processed(database_url: str, expected: int, timeout: float) -> float:
+def wait_until(database_url: str, count: Any, done: Callable[[int], bool], what: str,
+               timeout: float = 600) -> float:
+    """Poll the `count` query until `done` holds for its answer; returns the time it did."""
     engine = make_engine(database_url)
     sessions = make_sessionmaker(engine)
     deadline = time.perf_counter() + timeout
+    found = 0
     try:
         while time.perf_counter() < deadline:
             with sessions() as session:
-                done = session.scalar(
-                    select(func.count()).select_from(InboxEntry)
-                    .where(InboxEntry.status != "pending")
-                )
-            if done == expected:
+                found = session.scalar(count) or 0
+            if done(found):
                 return time.perf_counter()
             time.sleep(0.02)
     finally:
         engine.dispose()
-    raise TimeoutError(f"only {done} of {expected} processed")
+    raise TimeoutError(f"{what}: {found} after {timeout:g} s")
+
+
+def wait_processed(database_url: str, expected: int, timeout: float) -> float:
+    return wait_until(database_url, select(func.count()).select_from(InboxEntry)
+                      .where(InboxEntry.status != "pending"), lambda n: n == expected,
+                      f"processed of {expected}", timeout)
 
 
 def wait_delivered(database_url: str, timeout: float) -> float:
     """Until no delivery is pending (every event sent and its outcome written)."""
-    engine = make_engine(database_url)
-    sessions = make_sessionmaker(engine)
-    deadline = time.perf_counter() + timeout
-    try:
-        while time.perf_counter() < deadline:
-            with sessions() as session:
-                left = session.scalar(select(func.count()).select_from(Delivery)
-                                      .where(Delivery.status == "pending"))
-            if not left:
-                return time.perf_counter()
-            time.sleep(0.02)
-    finally:
-        engine.dispose()
-    raise TimeoutError(f"{left} deliveries still pending")
+    return wait_until(database_url, select(func.count()).select_from(Delivery)
+                      .where(Delivery.status == "pending"), lambda n: n == 0,
+                      "deliveries still pending", timeout)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
