@@ -110,3 +110,36 @@ def test_calls_share_one_connection_pool(
     client.subscription_statuses("sandbox", "5005")
     assert sandbox._pool is pool
     assert len(fake_appstore.calls_to("/inApps/v1/subscriptions/")) == 2
+
+
+def test_one_bearer_token_serves_calls_until_it_is_renewed(
+    make_settings: Callable[..., Settings], apple_api_settings: dict[str, Any],
+    fake_appstore: FakeAppStore,
+) -> None:
+    """The bearer token is signed once and reused (Apple allows it until it expires), and a new
+    one is signed TOKEN_REUSE_SECONDS later, while the old one still has time to live. The fake
+    checks every token's signature and expiry. `_generate_token` is the library's hook."""
+    from appstoreserverlibrary.api_client import BaseAppStoreServerAPIClient
+
+    from reconcile.channels.apple_api import TOKEN_REUSE_SECONDS, PooledClient
+
+    assert "_generate_token" in vars(BaseAppStoreServerAPIClient)
+    tx = transaction_payload(original_transaction_id="5006", transaction_id="5006",
+                             bundle_id=BUNDLE_ID)
+    fake_appstore.add_subscription(tx, renewal_payload(original_transaction_id="5006"))
+    client = api(make_settings, apple_api_settings)
+    sandbox = client._clients["sandbox"]
+    assert isinstance(sandbox, PooledClient)
+    now = [1000.0]
+    sandbox._clock = lambda: now[0]
+    for step in (0.0, 1.0, TOKEN_REUSE_SECONDS - 2, 1.5, 0.0):
+        now[0] += step
+        client.subscription_statuses("sandbox", "5006")
+    tokens = [c.authorization for c in fake_appstore.calls]
+    assert len(tokens) == 5
+    assert all(tokens)
+    assert tokens[:3] == [tokens[0]] * 3
+    assert tokens[3] != tokens[0]
+    assert tokens[4] == tokens[3]
+    assert not fake_appstore.unexpected
+    assert not fake_appstore.violations

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from reconcile.budget.limiter import SharedRateLimiter
 from reconcile.budget.models import CallBudget
@@ -86,6 +88,42 @@ def test_budget_is_one_row_that_refills(database_url: str) -> None:
         with sessions() as session:
             names = list(session.scalars(select(CallBudget.name)))
         assert names == ["one-store"]
+    finally:
+        engine.dispose()
+
+
+def test_a_waiting_draw_holds_up_nobody_who_has_tokens(database_url: str) -> None:
+    """A caller draws again while half a batch is still held; if that draw has to wait for the
+    database (another writer holds it), the other callers go on spending the held tokens
+    instead of queueing behind it."""
+    engine = make_engine(database_url)
+    limiter = SharedRateLimiter(make_sessionmaker(engine), "busy-store", 6000, 60.0,
+                                clock=lambda: START)
+    low = limiter.batch // 2
+    assert low >= 2
+    try:
+        for _ in range(limiter.batch - low):
+            assert limiter.acquire() == 0.0  # half a batch is left
+        with engine.begin() as blocker:  # SQLite: the write lock; PostgreSQL: the table
+            if engine.dialect.name == "postgresql":
+                blocker.execute(text("LOCK TABLE call_budgets IN EXCLUSIVE MODE"))
+            drawer = threading.Thread(target=limiter.acquire, daemon=True)
+            drawer.start()
+            deadline = time.monotonic() + 10
+            while not limiter._drawing:
+                assert time.monotonic() < deadline, "nobody started the next draw"
+                time.sleep(0.005)
+            spenders = [threading.Thread(target=limiter.acquire, daemon=True)
+                        for _ in range(low)]
+            for spender in spenders:
+                spender.start()
+            for spender in spenders:
+                spender.join(5)
+                assert not spender.is_alive(), "a caller with tokens waited for the draw"
+            assert drawer.is_alive()  # still waiting for the database
+        drawer.join(10)
+        assert not drawer.is_alive()
+        assert limiter.acquire() == 0.0  # the new batch arrived
     finally:
         engine.dispose()
 

@@ -15,11 +15,12 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from reconcile.budget.service import Bucket, draw
+from reconcile.budget.service import Bucket, Grant, draw
 from reconcile.db import transaction
 
 HOLD_SECONDS = 1.0
@@ -53,24 +54,48 @@ class SharedRateLimiter:
         self.batch = max(1, min(burst, math.ceil(rate * BATCH_SECONDS)))
         self.clock = clock
         self.sleep = sleep
-        self._tokens = 0
-        self._until = -math.inf
-        self._lock = threading.Lock()
+        self._low = self.batch // 2  # draw again when this few are held
+        self._batches: deque[tuple[int, float]] = deque()  # (tokens, spend them by)
+        self._drawing = False
+        self._ready = threading.Condition()
 
     def acquire(self) -> float:
-        """Wait for a slot; answers the seconds waited."""
+        """Wait for a slot; answers the seconds waited.
+
+        One caller at a time draws, outside the lock, and it draws again while half a batch is
+        still held: the others keep spending those tokens, so a draw that waits (on SQLite,
+        for another transaction's commit) holds nobody up. A token is checked against its
+        batch's hold at the last clock reading before `acquire` returns.
+        """
         waited = 0.0
-        with self._lock:
-            while True:
-                # The last clock reading before returning is the one the token is checked at.
-                if self._tokens > 0 and self.clock() <= self._until:
-                    self._tokens -= 1
-                    return waited
+        while True:
+            with self._ready:
+                while True:
+                    now = self.clock()
+                    while self._batches and now > self._batches[0][1]:
+                        self._batches.popleft()
+                    held = sum(tokens for tokens, _ in self._batches)
+                    if not self._drawing and held <= self._low:
+                        self._drawing = True
+                        break
+                    if held:
+                        tokens, until = self._batches[0]
+                        if tokens == 1:
+                            self._batches.popleft()
+                        else:
+                            self._batches[0] = (tokens - 1, until)
+                        return waited
+                    self._ready.wait()
+            grant: Grant | None = None
+            try:
                 with transaction(self.sessions) as session:
                     grant = draw(session, self.bucket, self.batch, self.clock())
-                if grant.tokens:
-                    self._tokens, self._until = grant.tokens, grant.at + HOLD_SECONDS
-                    continue
-                self._tokens = 0
-                self.sleep(grant.wait)
-                waited += grant.wait
+                if not grant.tokens:
+                    self.sleep(grant.wait)  # still the drawer: nobody else polls meanwhile
+                    waited += grant.wait
+            finally:
+                with self._ready:
+                    self._drawing = False
+                    if grant is not None and grant.tokens:
+                        self._batches.append((grant.tokens, grant.at + HOLD_SECONDS))
+                    self._ready.notify_all()

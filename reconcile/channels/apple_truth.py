@@ -8,6 +8,7 @@ with the store's signedDate. Recovered history goes into the same inbox as webho
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -51,9 +52,12 @@ class AppleTruth:
         self.decoder = AppleProcessor(verifier)
         self.history_days = history_days
 
-    def fetch(self, target: Target, now: datetime) -> Fetched:
+    def fetch(
+        self, target: Target, now: datetime, calls: AbstractContextManager[object]
+    ) -> Fetched:
         try:
-            statuses = self.api.subscription_statuses(target.environment, target.store_id)
+            with calls:
+                statuses = self.api.subscription_statuses(target.environment, target.store_id)
         except AppleApiError as error:
             if error.status == 404 and not error.transient:
                 return Fetched(target, unknown=True)

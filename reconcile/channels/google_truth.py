@@ -9,6 +9,7 @@ one we never heard of is recorded through `ingest` like a voided-purchase notifi
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -59,9 +60,12 @@ class GoogleTruth:
         self.catalog = catalog
         self.consumables = frozenset(consumables)
 
-    def fetch(self, target: Target, now: datetime) -> Fetched:
+    def fetch(
+        self, target: Target, now: datetime, calls: AbstractContextManager[object]
+    ) -> Fetched:
         try:
-            purchase = self.play.get_subscription(target.store_id)
+            with calls:
+                purchase = self.play.get_subscription(target.store_id)
         except PlayPermanentError as error:
             # 410: expired more than 60 days ago; 404/400: not a purchase of this app.
             return Fetched(target, unknown=True, gone=error.status == 410, note=str(error))

@@ -12,6 +12,7 @@ subscription with what its own dates say must be true by now.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 
 from reconcile.channels.portal import ENVIRONMENT
@@ -41,7 +42,9 @@ class PortalTruth:
 
     channel = Channel.PORTAL.value
 
-    def fetch(self, target: Target, now: datetime) -> Fetched:
+    def fetch(
+        self, target: Target, now: datetime, calls: AbstractContextManager[object]
+    ) -> Fetched:
         here = target.here
         if here is None or here.expires_at is None:
             return Fetched(target)

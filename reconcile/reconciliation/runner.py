@@ -4,8 +4,10 @@ A run is a row with a checkpoint (phase, position, error count) and a lease. Who
 lease advances it a page at a time; each page's findings, repairs, counters and checkpoint commit
 together, so a run killed anywhere resumes after its last page, by whichever worker claims it once
 the lease has run out. Subscriptions are read in keyset pages (memory stays flat however many
-there are) and their stores are asked on a bounded thread pool, one page ahead of the page being
-settled, so the store's rate limit, not the database, sets the pace.
+there are) and their stores are asked on a thread pool, one page ahead of the page being
+settled, so the store's rate limit, not the database, sets the pace. At most `concurrency` store
+calls are in flight; the pool has as many threads again, which check answers (signatures,
+normalising) while the next calls are out, so that work never holds a call's place.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class Reconciler:
         self.checks = list(checks)
         self.lease = Lease(owner, lease)
         self.concurrency = concurrency
+        self._in_flight = threading.BoundedSemaphore(concurrency)
         self.page_size = page_size
         # One pool for the Reconciler's life: store clients keep per-thread connections
         # (httplib2 for Google), which a pool per round would rebuild every time.
@@ -83,7 +86,7 @@ class Reconciler:
     def _threads(self) -> ThreadPoolExecutor:
         with self._pool_lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.concurrency,
+                self._pool = ThreadPoolExecutor(2 * self.concurrency,
                                                 thread_name_prefix="reconcile")
             return self._pool
 
@@ -208,7 +211,7 @@ class Reconciler:
     def _fetch(self, row: Subscription, now: datetime) -> Fetched:
         target = Target(row.id, row.channel, row.store_id, row.environment, to_state(row))
         try:
-            return self.sources[row.channel].fetch(target, now)
+            return self.sources[row.channel].fetch(target, now, self._in_flight)
         except Exception as error:  # a bug in one adapter is reported, not mistaken for drift
             log.exception("fetching %s %s failed", row.channel, row.store_id)
             return Fetched(target, error=f"{type(error).__name__}: {error}")

@@ -1,13 +1,17 @@
 """What a channel hands reconciliation: the store's truth per subscription, and sweeps.
 
 A `TruthSource.fetch` runs on a worker thread and only talks to the store (no database), so
-many run at once under the store client's rate limit. A store fault that outlived the client's
-retries comes back as `Fetched.error`: it is reported as such and never read as drift.
+many run at once under the store client's rate limit. It makes its store call inside the
+`calls` context it is handed, which bounds the calls in flight, and checks the answer
+(signatures, normalising) after leaving it, so the next call need not wait for that work. A
+store fault that outlived the client's retries comes back as `Fetched.error`: it is reported
+as such and never read as drift.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -119,8 +123,11 @@ class TruthSource(Protocol):
 
     channel: str
 
-    def fetch(self, target: Target, now: datetime) -> Fetched:
-        """The store's truth for `target`; `now` stamps stores whose answers carry no time."""
+    def fetch(
+        self, target: Target, now: datetime, calls: AbstractContextManager[object]
+    ) -> Fetched:
+        """The store's truth for `target`, its store call made inside `calls`; `now` stamps
+        stores whose answers carry no time."""
         ...
 
     def sweeps(self) -> Sequence[Sweep]: ...

@@ -271,6 +271,7 @@ class Call:
     query: Query
     body: Any
     at: float
+    authorization: str | None = None
 
 
 @dataclass
@@ -409,7 +410,7 @@ class FakeAppStore(LocalServer):
         self.app_apple_id = app_apple_id
         self.page_size = page_size
         self.history_max_age_days = history_max_age_days
-        self.latency: float = 0.0
+        self.latency: float = 0.0  # seconds from a request's arrival to its answer
         self.lock = threading.RLock()
         self.subscriptions: dict[str, list[SubscriptionGroupItem]] = {}
         self.notifications: list[JSON] = []
@@ -531,7 +532,7 @@ class FakeAppStore(LocalServer):
                 body = json.loads(raw_body)
             except ValueError:
                 body_invalid = True
-        call = Call(method, path, query, body, time.monotonic())
+        call = Call(method, path, query, body, time.monotonic(), authorization)
         route = next(
             ((m, r, h) for m, r, h in self._routes if m == method and r.fullmatch(path)), None
         )
@@ -547,9 +548,20 @@ class FakeAppStore(LocalServer):
             if fault is not None:
                 fault.remaining -= 1
                 self._faults = [f for f in self._faults if f.remaining > 0]
-            latency = self.latency
-        if latency > 0:
-            time.sleep(latency)
+            answer_at = call.at + self.latency
+        response = self._answer(call, route, fault, authorization, body_invalid)
+        # Latency is the store's whole answer time: its own work (checking the token, signing)
+        # is part of it, not added to it.
+        wait = answer_at - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        return response
+
+    def _answer(
+        self, call: Call, route: Route | None, fault: _Fault | None, authorization: str | None,
+        body_invalid: bool,
+    ) -> _Response:
+        path, query, body = call.path, call.query, call.body
         if fault is not None:
             return _error(fault.status, fault.error_code)
         reason = self._auth_problem(authorization)
