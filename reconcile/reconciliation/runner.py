@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, func, not_, or_, select
+from sqlalchemy import ColumnElement, SQLColumnExpression, and_, func, not_, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from reconcile.db import transaction
@@ -242,7 +242,7 @@ class Reconciler:
         return rows
 
     @staticmethod
-    def _urgent(as_of: datetime, status: ColumnElement[str]) -> ColumnElement[bool]:
+    def _urgent(as_of: datetime, status: SQLColumnExpression[str]) -> ColumnElement[bool]:
         """Grace period, billing retry, or an active period ending within EXPIRING_SOON."""
         return or_(
             status.in_(URGENT),
@@ -254,10 +254,9 @@ class Reconciler:
     @staticmethod
     def _selected(
         channels: list[str], filters: Filters,
-        channel: ColumnElement[str] | None = None,
+        channel: SQLColumnExpression[str] = Subscription.channel,
     ) -> ColumnElement[bool]:
-        by_channel = (Subscription.channel if channel is None else channel).in_(channels)
-        conditions: list[ColumnElement[bool]] = [by_channel]
+        conditions: list[ColumnElement[bool]] = [channel.in_(channels)]
         if filters.account_id:
             conditions.append(Subscription.account_id == filters.account_id)
         if filters.store_id:
