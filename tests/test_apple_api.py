@@ -143,3 +143,40 @@ def test_one_bearer_token_serves_calls_until_it_is_renewed(
     assert tokens[4] == tokens[3]
     assert not fake_appstore.unexpected
     assert not fake_appstore.violations
+
+
+def test_a_call_holds_its_place_in_flight_over_each_http_exchange_only(
+    make_settings: Callable[..., Settings], apple_api_settings: dict[str, Any],
+    fake_appstore: FakeAppStore,
+) -> None:
+    """Reconciliation bounds the calls in flight with the `slot` it hands over: each HTTP
+    attempt is made inside it, while the rate limit's wait, a retry's back-off and the
+    answer's decoding are not (they would hold a place without a call out)."""
+    tx = transaction_payload(original_transaction_id="5007", transaction_id="5007",
+                             bundle_id=BUNDLE_ID)
+    fake_appstore.add_subscription(tx, renewal_payload(original_transaction_id="5007"))
+    fake_appstore.fail_next("/inApps/v1/subscriptions", 429, times=1)
+    seen: list[str] = []
+
+    class Slot:
+        def __enter__(self) -> None:
+            seen.append("enter")
+
+        def __exit__(self, *_exc: object) -> None:
+            seen.append(f"exit after {len(fake_appstore.calls)} calls")
+
+    class Limiter:
+        def acquire(self) -> float:
+            seen.append("rate limit")
+            return 0.0
+
+    client = AppStoreApi.from_settings(make_settings(**apple_api_settings), limiter=Limiter())
+    assert client is not None
+    client._sleep = lambda _seconds: seen.append("back-off")
+    statuses = client.subscription_statuses("sandbox", "5007", slot=Slot())
+    assert statuses.data is not None
+    assert seen == ["rate limit", "enter", "exit after 1 calls", "back-off",
+                    "rate limit", "enter", "exit after 2 calls"]
+    seen.clear()
+    client.subscription_statuses("sandbox", "5007")  # no slot handed over: none is held
+    assert seen == ["rate limit"]

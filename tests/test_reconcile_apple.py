@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from reconcile.config import Settings
+from reconcile.services import build_services
+from tests.conftest import ADMIN_TOKEN, no_sleep
 from tests.fakes.appstore import FakeAppStore
 from tests.support.apple_ca import AppleTestCA
 from tests.support.apple_truth import (
@@ -21,7 +25,8 @@ from tests.support.apple_truth import (
     store_has,
     subscribe,
 )
-from tests.support.server import RunningApp
+from tests.support.server import FakeClock, RunningApp, serve_in_thread
+from tests.support.windows import most_in_window
 
 
 def events(app: RunningApp, sub_id: str) -> list[dict[str, Any]]:
@@ -145,3 +150,30 @@ def test_refund_without_notification_is_recorded(
     assert (refund["store_id"], refund["subscription_id"]) == ("700701", sub["id"])
     assert recon_app.client.get(f"/v1/subscriptions/{sub['id']}").json()["entitled"] is False
     assert kinds(reconcile(recon_app)) == {}
+
+
+def test_no_more_status_reads_are_in_flight_than_the_concurrency(
+    make_settings: Callable[..., Settings], apple_api_settings: dict[str, Any],
+    apple_ca: AppleTestCA, fake_appstore: FakeAppStore, clock: FakeClock,
+) -> None:
+    """RECONCILE_RECONCILE_CONCURRENCY bounds the calls out at once, although the run's pool
+    has twice as many threads: with each answer taking 50 ms, no 45 ms saw more than two
+    status reads arrive."""
+    settings = make_settings(**apple_api_settings, apple_environments=["sandbox"],
+                             reconcile_concurrency=2)
+    services = build_services(settings, clock=clock, sleep=no_sleep)
+    try:
+        with serve_in_thread(services, ADMIN_TOKEN) as app:
+            ids = [f"76{n:02d}" for n in range(12)]
+            for otid in ids:
+                subscribe(app, apple_ca, otid)
+                store_has(fake_appstore, otid)
+            fake_appstore.latency = 0.05
+            report = reconcile(app)
+    finally:
+        services.close()
+    assert report["status"] == "done"
+    assert report["checked"] == len(ids)
+    reads = [c.at for c in fake_appstore.calls_to("/inApps/v1/subscriptions/")]
+    assert len(reads) == len(ids)
+    assert most_in_window(reads, 0.045) == 2

@@ -14,6 +14,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,6 +45,10 @@ from reconcile.ratelimit import CallLimiter, TokenBucket
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# The place in flight of the calls this thread makes (see `AppStoreApi.subscription_statuses`).
+_slot = threading.local()
+_NO_SLOT: AbstractContextManager[object] = nullcontext()
 
 # The library signs tokens that expire 5 minutes after signing; Apple lets one token serve
 # every request until it expires. Reused for 4 minutes, each still has a minute to live.
@@ -98,6 +103,9 @@ class PooledClient(AppStoreServerAPIClient):
     The bearer token is reused for TOKEN_REUSE_SECONDS instead of signed per request (the
     library parses the PEM key and signs ES256 on every call: about a third of a status
     read's CPU here). `_generate_token` is private too, and pinned the same way.
+
+    A caller's place in flight (`slot`) is held over the HTTP exchange alone: building the
+    request, decoding JSON and structuring the library's models happen outside it.
     """
 
     def __init__(
@@ -141,7 +149,9 @@ class PooledClient(AppStoreServerAPIClient):
     ) -> Any:
         if params:
             url = f"{url}?{urllib.parse.urlencode(params, doseq=True)}"
-        answer = self._connections().request(method, url, headers=headers, json=json, body=data)
+        pool = self._connections()
+        with getattr(_slot, "held", _NO_SLOT):
+            answer = pool.request(method, url, headers=headers, json=json, body=data)
         return _Response(answer)
 
 
@@ -191,9 +201,14 @@ class AppStoreApi:
     def environments(self) -> list[str]:
         return list(self._clients)
 
-    def subscription_statuses(self, environment: str, transaction_id: str) -> StatusResponse:
+    def subscription_statuses(
+        self, environment: str, transaction_id: str,
+        slot: AbstractContextManager[object] = _NO_SLOT,
+    ) -> StatusResponse:
+        """Get All Subscription Statuses; each HTTP exchange is made inside `slot` (a bound on
+        the calls in flight), the rate limit's wait, retries' back-off and decoding outside."""
         statuses: StatusResponse = self._call(
-            environment, "get_all_subscription_statuses", transaction_id
+            environment, "get_all_subscription_statuses", transaction_id, slot=slot
         )
         return statuses
 
@@ -232,13 +247,17 @@ class AppStoreApi:
     ) -> None:
         self._call(environment, "send_consumption_information", transaction_id, request)
 
-    def _call(self, environment: str, method: str, *args: Any) -> Any:
+    def _call(
+        self, environment: str, method: str, *args: Any,
+        slot: AbstractContextManager[object] = _NO_SLOT,
+    ) -> Any:
         client = self._clients.get(environment)
         if client is None:
             raise AppleApiError(f"no App Store API client for {environment}", status=None,
                                 transient=False)
         for attempt in range(1, self._attempts + 1):
             self._bucket.acquire()
+            _slot.held = slot
             try:
                 return getattr(client, method)(*args)
             except (APIException, RequestException, Urllib3Error, OSError) as error:
@@ -249,6 +268,8 @@ class AppStoreApi:
                                         transient=transient) from error
                 log.warning("App Store API %s: %s; retrying", method, _describe(error))
                 self._sleep(min(30.0, 0.5 * 2**attempt))
+            finally:
+                _slot.held = _NO_SLOT
         raise AssertionError("unreachable")
 
 

@@ -56,8 +56,8 @@ class AppleTruth:
         self, target: Target, now: datetime, calls: AbstractContextManager[object]
     ) -> Fetched:
         try:
-            with calls:
-                statuses = self.api.subscription_statuses(target.environment, target.store_id)
+            statuses = self.api.subscription_statuses(target.environment, target.store_id,
+                                                      slot=calls)
         except AppleApiError as error:
             if error.status == 404 and not error.transient:
                 return Fetched(target, unknown=True)
