@@ -108,10 +108,12 @@ def _submit(services: Services, submission: Submission) -> dict[str, Any]:
     for attempt in range(1, ATTEMPTS + 1):
         try:
             with transaction(services.sessions) as session:
-                ensure_account(session, submission.account_id, now)
-                store(session, verified, submission.account_id, transfer=transfer, now=now,
+                # Held until the commit: the session keeps a loaded row only while something
+                # refers to it, and the ingest below asks for this account again.
+                account = ensure_account(session, submission.account_id, now)
+                store(session, verified, account.account_id, transfer=transfer, now=now,
                       catalog=services.catalog)
-                document = account_document(session, submission.account_id, now,
+                document = account_document(session, account.account_id, now,
                                             services.catalog)
             break
         except Exception as error:
