@@ -105,6 +105,7 @@ def apply_observation(
         row = older[0]
     if row is None:
         row = continued_by_account(session, observation)
+    created = row is None
     if row is None:
         row = _new_subscription(session, observation, now)
         track_new_subscription(session, row.id, now)
@@ -160,10 +161,8 @@ def apply_observation(
     )
     if after.account_id and after.account_id != before.account_id:
         ensure_account(session, after.account_id, now)
-    if changed and not after.auto_renew:
-        confirm_cancellations(session, row, now)
-    if changed:
-        confirm_plan_changes(session, row, now)
+    if changed and not created:  # a subscription new in this call has no requests yet
+        confirm_requests(session, row, now)
     return Applied(row.id, changed)
 
 
@@ -244,29 +243,25 @@ def _jsonable(fields: Mapping[str, object]) -> dict[str, object]:
     return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in fields.items()}
 
 
-def confirm_cancellations(session: Session, row: Subscription, now: datetime) -> None:
-    """Renewal is off at the store: any cancellation we asked for is confirmed."""
+CONFIRMABLE_KINDS = ("cancel", "change_plan")
+OPEN_STATES = ("pending", "sent", "customer_action_required")
+
+
+def confirm_requests(session: Session, row: Subscription, now: datetime) -> None:
+    """The requests the store's new state carries out are confirmed: a cancellation once
+    renewal is off, a plan change once the store renews (or delivers) its product."""
     for entry in session.scalars(
         select(OutboxEntry).where(
             OutboxEntry.subscription_id == row.id,
-            OutboxEntry.kind == "cancel",
-            OutboxEntry.state.in_(("pending", "sent", "customer_action_required")),
+            OutboxEntry.kind.in_(CONFIRMABLE_KINDS),
+            OutboxEntry.state.in_(OPEN_STATES),
         )
     ):
-        entry.state = "confirmed"
-        entry.confirmed_at = now
-
-
-def confirm_plan_changes(session: Session, row: Subscription, now: datetime) -> None:
-    """The store now renews (or already delivers) the product a plan change asked for."""
-    for entry in session.scalars(
-        select(OutboxEntry).where(
-            OutboxEntry.subscription_id == row.id,
-            OutboxEntry.kind == "change_plan",
-            OutboxEntry.state.in_(("pending", "sent", "customer_action_required")),
-        )
-    ):
-        if entry.payload.get("product_id") in (row.renewal_product_id, row.product_id):
+        if entry.kind == "cancel":
+            done = not row.auto_renew
+        else:
+            done = entry.payload.get("product_id") in (row.renewal_product_id, row.product_id)
+        if done:
             entry.state = "confirmed"
             entry.confirmed_at = now
 

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from reconcile.ids import new_id
-from reconcile.ingest import _jsonable
+from reconcile.ingest import CONFIRMABLE_KINDS, OPEN_STATES, _jsonable
 from reconcile.models import Account, OutboxEntry, StoreId, Subscription, SubscriptionEvent
 from reconcile.notify.changes import View
 from reconcile.notify.service import track_views
@@ -43,10 +43,8 @@ from reconcile.state import (
 from reconcile.store_records import create_accounts
 from reconcile.views import present
 
-# Outbox entries that a state change may confirm (see `confirm_cancellations`,
-# `confirm_plan_changes`): a subscription with any of them goes through `ingest`.
-_CONFIRMABLE_KINDS = ("cancel", "change_plan")
-_OPEN_STATES = ("pending", "sent", "customer_action_required")
+# Outbox entries that a state change may confirm (see `confirm_requests`): a subscription
+# with any of them goes through `ingest`.
 
 # Stored columns besides the state that a subscription's view shows.
 _VIEWED = ("channel", "environment", "last_event_at", "created_at", "updated_at")
@@ -96,8 +94,8 @@ def ingest_many(
     busy = set(session.scalars(
         select(OutboxEntry.subscription_id).where(
             OutboxEntry.subscription_id.in_([row.id for row in held.values() if row]),
-            OutboxEntry.kind.in_(_CONFIRMABLE_KINDS),
-            OutboxEntry.state.in_(_OPEN_STATES),
+            OutboxEntry.kind.in_(CONFIRMABLE_KINDS),
+            OutboxEntry.state.in_(OPEN_STATES),
         )
     ))
     created: list[dict[str, Any]] = []
