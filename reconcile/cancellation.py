@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from reconcile.channels import portal
 from reconcile.errors import Conflict, UnknownSubscription
+from reconcile.ingest import OPEN_STATES
 from reconcile.models import OutboxEntry, Subscription
 from reconcile.notify.service import track_subscription
 from reconcile.state import Status
@@ -39,7 +40,6 @@ PREPAID_REASON = (
     "prepaid plan: Google Play cannot cancel it and it does not renew; access ends at expires_at"
 )
 ENDED = {Status.EXPIRED.value, Status.REVOKED.value}
-IN_FLIGHT = ("pending", "sent", "customer_action_required")
 
 
 class NotRenewing(Conflict):
@@ -201,7 +201,7 @@ def change_plan(
     renews = (row.renewal_product_id or row.product_id) == product_id
     current = latest(session, "change_plan", row.id)
     if current is not None and current.payload.get("product_id") == product_id and (
-        current.state in IN_FLIGHT or renews
+        current.state in OPEN_STATES or renews
     ):
         return current
     if renews:
@@ -230,7 +230,7 @@ def cancel_all(
 
 def _stands(entry: OutboxEntry, row: Subscription) -> bool:
     """Whether an earlier cancellation still answers a new request (a repeat changes nothing)."""
-    if entry.state in IN_FLIGHT:
+    if entry.state in OPEN_STATES:
         return True
     if entry.state == "failed":
         return row.prepaid  # a refused call may work when asked again; a prepaid plan never will

@@ -243,6 +243,7 @@ def _jsonable(fields: Mapping[str, object]) -> dict[str, object]:
     return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in fields.items()}
 
 
+# Outbox requests a state change may carry out, while they are still open.
 CONFIRMABLE_KINDS = ("cancel", "change_plan")
 OPEN_STATES = ("pending", "sent", "customer_action_required")
 

@@ -43,9 +43,6 @@ from reconcile.state import (
 from reconcile.store_records import create_accounts
 from reconcile.views import present
 
-# Outbox entries that a state change may confirm (see `confirm_requests`): a subscription
-# with any of them goes through `ingest`.
-
 # Stored columns besides the state that a subscription's view shows.
 _VIEWED = ("channel", "environment", "last_event_at", "created_at", "updated_at")
 _SUBSCRIPTIONS = cast(Table, Subscription.__table__)
@@ -91,6 +88,7 @@ def ingest_many(
     if not wanted:
         return done
     held = _lock(session, sorted(wanted))
+    # A subscription with a request its state change may confirm goes through `ingest`.
     busy = set(session.scalars(
         select(OutboxEntry.subscription_id).where(
             OutboxEntry.subscription_id.in_([row.id for row in held.values() if row]),
