@@ -104,6 +104,8 @@ class Services:
                 job.close()
         if self.play is not None:
             self.play.close()
+        if self.apple_api is not None:
+            self.apple_api.close()
         if self.reader is not None and self.reader is not self.engine:
             self.reader.dispose()
         self.engine.dispose()

@@ -90,8 +90,8 @@ def test_calls_share_one_connection_pool(
     fake_appstore: FakeAppStore,
 ) -> None:
     """The library still sends through `_execute_request`, which our client overrides to use
-    one connection pool (built once, towards the overridden base URL) instead of a new
-    session per call."""
+    kept-alive connections (one pool per origin, built once, towards the overridden base URL)
+    instead of a new session per call. Reuse itself: tests/test_keepalive.py."""
     from appstoreserverlibrary.api_client import AppStoreServerAPIClient
 
     from reconcile.channels.apple_api import PooledClient
@@ -105,10 +105,10 @@ def test_calls_share_one_connection_pool(
     client.subscription_statuses("sandbox", "5004")
     sandbox = client._clients["sandbox"]
     assert isinstance(sandbox, PooledClient)
-    pool = sandbox._pool
-    assert pool is not None
+    [(origin_url, pool)] = sandbox._origins.items()
+    assert origin_url == fake_appstore.url.rstrip("/")
     client.subscription_statuses("sandbox", "5005")
-    assert sandbox._pool is pool
+    assert sandbox._origins == {origin_url: pool}
     assert len(fake_appstore.calls_to("/inApps/v1/subscriptions/")) == 2
 
 

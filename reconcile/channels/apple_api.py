@@ -7,19 +7,17 @@ away). Every outbound Apple call of the service lives here.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import threading
 import time
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, TypeVar
 
-import certifi
-import urllib3
 from appstoreserverlibrary.api_client import (
     APIError,
     APIException,
@@ -37,9 +35,8 @@ from appstoreserverlibrary.models.TransactionHistoryRequest import (
     TransactionHistoryRequest,
 )
 from appstoreserverlibrary.models.TransactionInfoResponse import TransactionInfoResponse
-from requests import RequestException
-from urllib3.exceptions import HTTPError as Urllib3Error
 
+from reconcile.channels.keepalive import Answer, Origin
 from reconcile.config import Settings
 from reconcile.ratelimit import CallLimiter, TokenBucket
 
@@ -53,6 +50,9 @@ _NO_SLOT: AbstractContextManager[object] = nullcontext()
 # The library signs tokens that expire 5 minutes after signing; Apple lets one token serve
 # every request until it expires. Reused for 4 minutes, each still has a minute to live.
 TOKEN_REUSE_SECONDS = 240.0
+
+# What the connection itself may raise (a timeout, a reset, a malformed answer).
+TRANSPORT_ERRORS = (http.client.HTTPException, OSError)
 
 RETRYABLE_ERRORS = {
     APIError.RATE_LIMIT_EXCEEDED,
@@ -75,30 +75,31 @@ class AppleApiError(Exception):
 def is_transient(error: Exception) -> bool:
     if isinstance(error, APIException):
         return error.http_status_code >= 500 or error.api_error in RETRYABLE_ERRORS
-    return isinstance(error, RequestException | Urllib3Error | OSError)
+    return isinstance(error, TRANSPORT_ERRORS)
 
 
 class _Response:
     """The three things the library reads from a response (`requests.Response`'s names)."""
 
-    def __init__(self, raw: urllib3.BaseHTTPResponse) -> None:
-        self.status_code = raw.status
-        self.headers = raw.headers
-        self._body = raw.data
+    def __init__(self, answer: Answer) -> None:
+        self.status_code = answer.status
+        self.headers = answer.headers
+        self._body = answer.body
 
     def json(self) -> Any:
         return json.loads(self._body)
 
 
 class PooledClient(AppStoreServerAPIClient):
-    """The library's client over one urllib3 connection pool instead of `requests.request`.
+    """The library's client over kept-alive connections instead of `requests.request`.
 
     `requests.request` builds a session per call: a new TCP and TLS connection to Apple, and a
     scan of the environment for proxies and .netrc; all in, about 0.7 ms of CPU a call, which
-    is what limits a reconciliation's thread pool. The pool is thread-safe and keeps
-    connections alive; proxy settings are read once, here. Retries stay ours (`retries=False`),
-    so each attempt passes the rate limiter. `_execute_request` is private in
-    app-store-server-library 3.x; tests/test_apple_api.py pins that it is still the hook.
+    is what limits a reconciliation's thread pool. `reconcile.channels.keepalive` keeps
+    connections alive with the standard library's `http.client` (urllib3 spent about as much
+    again on its own bookkeeping: `bench.http_client`). Retries stay ours, so each attempt
+    passes the rate limiter. `_execute_request` is private in app-store-server-library 3.x;
+    tests/test_apple_api.py pins that it is still the hook.
 
     The bearer token is reused for TOKEN_REUSE_SECONDS instead of signed per request (the
     library parses the PEM key and signs ES256 on every call: about a third of a status
@@ -114,8 +115,8 @@ class PooledClient(AppStoreServerAPIClient):
     ) -> None:
         super().__init__(*args, **kwargs)
         self.timeout_seconds = timeout_seconds
-        self._pool: urllib3.PoolManager | None = None
-        self._pool_lock = threading.Lock()
+        self._origins: dict[str, Origin] = {}
+        self._origins_lock = threading.Lock()
         self._clock = clock
         self._token: tuple[str, float] | None = None  # the token, and when to sign anew
         self._token_lock = threading.Lock()
@@ -127,31 +128,40 @@ class PooledClient(AppStoreServerAPIClient):
                 self._token = (super()._generate_token(), now + TOKEN_REUSE_SECONDS)
             return self._token[0]
 
-    def _connections(self) -> urllib3.PoolManager:
-        # Built on first use: the base URL may have been pointed elsewhere after __init__.
-        with self._pool_lock:
-            if self._pool is None:
-                options: dict[str, Any] = {
-                    "maxsize": 32, "ca_certs": certifi.where(), "retries": False,
-                    "timeout": urllib3.Timeout(connect=min(10.0, self.timeout_seconds),
-                                               read=self.timeout_seconds),
-                }
-                host = urllib.parse.urlsplit(self._base_url).hostname or ""
-                proxy = urllib.request.getproxies().get("https")
-                if proxy and not urllib.request.proxy_bypass(host):
-                    self._pool = urllib3.ProxyManager(proxy, **options)
-                else:
-                    self._pool = urllib3.PoolManager(**options)
-            return self._pool
+    def close(self) -> None:
+        with self._origins_lock:
+            origins, self._origins = list(self._origins.values()), {}
+        for origin in origins:
+            origin.close()
+
+    def _origin(self, url: urllib.parse.SplitResult) -> Origin:
+        # By the URL's own origin: the base URL may have been pointed elsewhere after __init__.
+        key = f"{url.scheme}://{url.netloc}"
+        with self._origins_lock:
+            origin = self._origins.get(key)
+            if origin is None:
+                origin = self._origins[key] = Origin(
+                    key, connect_timeout=min(10.0, self.timeout_seconds),
+                    read_timeout=self.timeout_seconds,
+                )
+            return origin
 
     def _execute_request(
-        self, method: str, url: str, params: Any, headers: Any, json: Any, data: Any
+        self, method: str, url: str, params: Any, headers: Any, json_body: Any, data: Any
     ) -> Any:
-        if params:
-            url = f"{url}?{urllib.parse.urlencode(params, doseq=True)}"
-        pool = self._connections()
+        parts = urllib.parse.urlsplit(url)
+        path = parts.path or "/"
+        query = "&".join(q for q in (parts.query, urllib.parse.urlencode(params or {}, doseq=True))
+                         if q)
+        if query:
+            path = f"{path}?{query}"
+        sent = dict(headers)
+        if json_body is not None:
+            data = json.dumps(json_body, separators=(",", ":")).encode()
+            sent["Content-Type"] = "application/json"
+        origin = self._origin(parts)
         with getattr(_slot, "held", _NO_SLOT):
-            answer = pool.request(method, url, headers=headers, json=json, body=data)
+            answer = origin.request(method, path, sent, data)
         return _Response(answer)
 
 
@@ -196,6 +206,12 @@ class AppStoreApi:
             clients[name] = client
         return cls(clients, calls_per_second=settings.apple_calls_per_second,
                    attempts=settings.apple_api_attempts, sleep=sleep, limiter=limiter)
+
+    def close(self) -> None:
+        """Close the kept-alive connections (a later call opens new ones)."""
+        for client in self._clients.values():
+            if isinstance(client, PooledClient):
+                client.close()
 
     @property
     def environments(self) -> list[str]:
@@ -260,7 +276,7 @@ class AppStoreApi:
             _slot.held = slot
             try:
                 return getattr(client, method)(*args)
-            except (APIException, RequestException, Urllib3Error, OSError) as error:
+            except (APIException, *TRANSPORT_ERRORS) as error:
                 status = error.http_status_code if isinstance(error, APIException) else None
                 transient = is_transient(error)
                 if not transient or attempt == self._attempts:
