@@ -180,3 +180,18 @@ def test_a_call_holds_its_place_in_flight_over_each_http_exchange_only(
     seen.clear()
     client.subscription_statuses("sandbox", "5007")  # no slot handed over: none is held
     assert seen == ["rate limit"]
+
+
+def test_an_unusable_proxy_setting_is_a_clear_permanent_error(
+    make_settings: Callable[..., Settings], apple_api_settings: dict[str, Any],
+    fake_appstore: FakeAppStore, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only http:// proxies are supported: another scheme names the variable, is not retried
+    and sends nothing."""
+    monkeypatch.setenv("http_proxy", "socks5://proxy.internal:1080")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    with pytest.raises(AppleApiError, match="http_proxy must be an http:// proxy URL") as raised:
+        api(make_settings, apple_api_settings).subscription_statuses("sandbox", "5007")
+    assert not raised.value.transient
+    assert fake_appstore.calls == []

@@ -140,10 +140,12 @@ class PooledClient(AppStoreServerAPIClient):
         with self._origins_lock:
             origin = self._origins.get(key)
             if origin is None:
-                origin = self._origins[key] = Origin(
-                    key, connect_timeout=min(10.0, self.timeout_seconds),
-                    read_timeout=self.timeout_seconds,
-                )
+                try:
+                    origin = Origin(key, connect_timeout=min(10.0, self.timeout_seconds),
+                                    read_timeout=self.timeout_seconds)
+                except ValueError as error:  # a proxy setting it cannot use: say which
+                    raise AppleApiError(str(error), status=None, transient=False) from error
+                self._origins[key] = origin
             return origin
 
     def _execute_request(
