@@ -51,27 +51,32 @@ def _server(seen: Seen) -> http.server.ThreadingHTTPServer:
             if seen.hold is not None:
                 seen.hold.wait(5)
             reply = json.dumps({"path": self.path}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(reply)))
-            self.end_headers()
-            self.wfile.write(reply)
-            self.wfile.flush()
+            try:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+                self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client gave up waiting (the timeout test)
+                return
             if seen.close_after_answer:
                 self.close_connection = True  # as a server's idle timeout would, unannounced
 
         do_GET = do_PUT = do_POST = _answer
 
-        def finish(self) -> None:
-            super().finish()
-            seen.closed.release()
-
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    return server
+    class Server(http.server.ThreadingHTTPServer):
+        daemon_threads = True
+
+        def shutdown_request(self, request: Any) -> None:
+            super().shutdown_request(request)
+            seen.closed.release()  # the socket is closed now, not just the handler finished
+
+    return Server(("127.0.0.1", 0), Handler)
 
 
 @pytest.fixture

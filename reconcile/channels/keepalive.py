@@ -75,7 +75,7 @@ class Origin:
         connection, reused = self._take()
         try:
             return self._exchange(connection, method, path, headers, body)
-        except ConnectionResetError:  # also http.client.RemoteDisconnected
+        except (ConnectionResetError, BrokenPipeError):  # also http.client.RemoteDisconnected
             # A kept-alive connection the server closed just as the request went out (its
             # idle timeout won the race with `_dropped`): nothing was answered, so a request
             # that may be repeated is sent once more on a new connection.
