@@ -9,6 +9,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from ipaddress import ip_address
@@ -79,20 +80,29 @@ def _server(seen: Seen) -> http.server.ThreadingHTTPServer:
     return Server(("127.0.0.1", 0), Handler)
 
 
-@pytest.fixture
-def served() -> Iterator[tuple[Seen, str]]:
-    seen = Seen()
+@contextmanager
+def running(seen: Seen, tls: ssl.SSLContext | None = None) -> Iterator[str]:
+    """The test server, started; its base URL."""
     server = _server(seen)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
-        yield seen, f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}"
     finally:
         if seen.hold is not None:
             seen.hold.set()
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[Seen, str]]:
+    seen = Seen()
+    with running(seen) as url:
+        yield seen, url
 
 
 def origin(url: str, **options: Any) -> Origin:
@@ -263,14 +273,9 @@ def test_https_verifies_the_server_and_keeps_the_connection(tmp_path: Path) -> N
     context that trusts it, two requests share one TLS connection."""
     pem = _self_signed(tmp_path)
     seen = Seen()
-    server = _server(seen)
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain(pem)
-    server.socket = tls.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    url = f"https://127.0.0.1:{server.server_address[1]}"
-    try:
+    with running(seen, tls) as url:
         with pytest.raises(ssl.SSLCertVerificationError):
             origin(url).request("GET", "/", {})
         assert seen.requests == []
@@ -280,8 +285,4 @@ def test_https_verifies_the_server_and_keeps_the_connection(tmp_path: Path) -> N
                 assert trusting.request("GET", "/tls", {}).status == 200
         finally:
             trusting.close()
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
     assert len({port for _, port, _, _ in seen.requests}) == 1

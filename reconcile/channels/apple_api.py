@@ -143,7 +143,7 @@ class PooledClient(AppStoreServerAPIClient):
                 try:
                     origin = Origin(key, connect_timeout=min(10.0, self.timeout_seconds),
                                     read_timeout=self.timeout_seconds)
-                except ValueError as error:  # a proxy setting it cannot use: say which
+                except ValueError as error:  # a URL or proxy setting it cannot use: say which
                     raise AppleApiError(str(error), status=None, transient=False) from error
                 self._origins[key] = origin
             return origin
@@ -151,12 +151,10 @@ class PooledClient(AppStoreServerAPIClient):
     def _execute_request(
         self, method: str, url: str, params: Any, headers: Any, json_body: Any, data: Any
     ) -> Any:
-        parts = urllib.parse.urlsplit(url)
+        parts = urllib.parse.urlsplit(url)  # the library's base URL and path, no query
         path = parts.path or "/"
-        query = "&".join(q for q in (parts.query, urllib.parse.urlencode(params or {}, doseq=True))
-                         if q)
-        if query:
-            path = f"{path}?{query}"
+        if params:
+            path = f"{path}?{urllib.parse.urlencode(params, doseq=True)}"
         sent = dict(headers)
         if json_body is not None:
             data = json.dumps(json_body, separators=(",", ":")).encode()

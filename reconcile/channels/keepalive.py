@@ -91,7 +91,7 @@ class Origin:
         if self._proxy is not None and self.scheme == "http":
             target = f"http://{self.host}:{self.port}{path}"  # a plain proxy takes the full URL
         try:
-            connection.request(method, target, body=body, headers=dict(headers))
+            connection.request(method, target, body=body, headers=headers)
             response = connection.getresponse()
             data = response.read()
         except BaseException:
