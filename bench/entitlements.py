@@ -52,7 +52,10 @@ def seed(database_url: str, accounts: int) -> None:
                     "id": sub_id, "channel": channel, "environment": "production",
                     "store_id": store_id, "account_id": f"acct-{n}",
                     "product_id": PRODUCTS[channel], "renewal_product_id": PRODUCTS[channel],
-                    "status": "active" if n % 7 else "expired", "auto_renew": n % 5 != 0,
+                    # A steady state: nothing the worker would change at once (a subscription
+                    # past its period is expired), so the run measures reads, not catch-up.
+                    "status": "active" if n % 7 and n % 30 > 3 else "expired",
+                    "auto_renew": n % 5 != 0,
                     "expires_at": now + timedelta(days=n % 30 - 3), "grace_expires_at": None,
                     "prepaid": False, "last_event_at": now, "clock": {}, "created_at": now,
                     "updated_at": now, "version": 1,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -175,11 +176,21 @@ def test_the_fast_read_answers_as_the_route_does(
         with (services.reader or services.engine).connect() as connection:
             slow = read_entitlements(connection, services.catalog, ACCOUNT, services.clock(),
                                      environment=environment)
-        return services.entitlement_reads.read_now(ACCOUNT, environment), slow
+        fast = services.entitlement_reads.read_now(ACCOUNT, environment)
+        # The lane's own call: inline on SQLite, psycopg's asyncio connections on PostgreSQL.
+        on_loop = asyncio.run(services.entitlement_reads.read(ACCOUNT, environment))
+        assert on_loop == fast
+        return fast, slow
 
     for environment in (None, "production", "sandbox"):
         fast, slow = both(environment)
         assert fast == slow
+        # Over HTTP the lane reads on the event loop (inline on SQLite, psycopg's asyncio
+        # connections on PostgreSQL): the same grants again.
+        params = {"environment": environment} if environment else {}
+        answer = shop.client.get(f"/v1/accounts/{ACCOUNT}/entitlements", headers=as_app(shop),
+                                 params=params)
+        assert answer.json()["items"] == [grant.json() for grant in slow]
     assert {grant.entitlement for grant in both(None)[0]} == {"pro", "calling", "number_lock"}
     blocked = shop.client.post(f"/v1/accounts/{ACCOUNT}/block", json={"reason": "abuse"})
     assert blocked.status_code == 200, blocked.text

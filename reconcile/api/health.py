@@ -11,7 +11,8 @@ router = APIRouter(tags=["operations"])
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
+    # On the event loop: the process answering needs no thread (and no database).
     return {"status": "ok"}
 
 
