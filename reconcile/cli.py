@@ -125,9 +125,11 @@ def serve(
     if workers != 1:
         _serve_processes(host, port, workers)
         return
-    app = create_app(_start(settle=False))
+    services = _start(settle=False)
+    app = create_app(services)
     serving.settle_memory()  # the app's routes and templates too
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=10,
+                access_log=services.settings.access_log)
 
 
 def _serve_processes(host: str, port: int, workers: int) -> None:
@@ -141,7 +143,7 @@ def _serve_processes(host: str, port: int, workers: int) -> None:
     startup_log.info("starting %d processes: %s", workers, startup.summary(settings))
     for warning in startup.warnings(settings):
         startup_log.warning("%s", warning)
-    serving.serve_processes(host, port, workers)
+    serving.serve_processes(host, port, workers, access_log=settings.access_log)
 
 
 @cli.command()

@@ -58,7 +58,7 @@ def settle_memory() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
-def serve_processes(host: str, port: int, workers: int) -> None:
+def serve_processes(host: str, port: int, workers: int, *, access_log: bool = True) -> None:
     """Run `workers` child processes on `host:port` until SIGTERM or SIGINT."""
     # The children's counters go to files here (see reconcile.metrics), unless the operator
     # chose the folder; spawned children inherit the variable.
@@ -67,7 +67,8 @@ def serve_processes(host: str, port: int, workers: int) -> None:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="reconcile-metrics-")
     try:
         uvicorn.run(f"{__name__}:app_factory", factory=True, workers=workers, host=host,
-                    port=port, log_level="info", timeout_graceful_shutdown=10)
+                    port=port, log_level="info", timeout_graceful_shutdown=10,
+                    access_log=access_log)
     finally:
         if own:
             shutil.rmtree(os.environ.pop("PROMETHEUS_MULTIPROC_DIR"), ignore_errors=True)

@@ -82,6 +82,7 @@ def summary(settings: Settings) -> str:
         f"admin token: {'set' if _admin_token(settings) else 'NOT SET'}",
         f"scheduled reconciliation: {f'every {interval:g} min' if interval else 'off'}",
         *([f"worker jobs: {', '.join(settings.worker_jobs)}"] if settings.worker_jobs else []),
+        *([] if settings.access_log else ["access log: off"]),
     ])
 
 

@@ -160,6 +160,28 @@ def test_start_summary_and_half_configured_warnings(
     assert "Traceback" not in log.read_text()
 
 
+def test_the_access_log_can_be_turned_off(
+    database_url: str, apple_root_file: Path, tmp_path: Path
+) -> None:
+    """uvicorn's line per request by default; RECONCILE_ACCESS_LOG=false leaves it out and the
+    start-up summary says so."""
+    logs = {}
+    for setting in ("true", "false"):
+        env = service_env(database_url, apple_root_file, RECONCILE_ACCESS_LOG=setting)
+        logs[setting] = tmp_path / f"serve-{setting}.log"
+        process, url = start_service(env, log=logs[setting])
+        try:
+            assert httpx.get(f"{url}/healthz").status_code == 200
+        finally:
+            stop_service(process)
+    on, off = (logs[setting].read_text() for setting in ("true", "false"))
+    assert '"GET /healthz HTTP/1.1" 200' in on
+    assert "access log: off" not in on
+    assert "/healthz" not in off
+    summary = next(line for line in off.splitlines() if " reconcile.startup starting:" in line)
+    assert summary.endswith("; access log: off")
+
+
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
