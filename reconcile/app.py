@@ -12,6 +12,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.types import ASGIApp
 
 from reconcile.api import (
     account_actions,
@@ -43,6 +44,17 @@ from webhooks.routes import OPENAPI_PATHS, WebhookLane
 RETRY_AFTER_SECONDS = 5
 
 
+class _ServiceApp(FastAPI):
+    """FastAPI with the two hot lanes in front of its whole middleware stack: POST
+    /webhooks/apple and /webhooks/google, and GET /v1/accounts/{id}/entitlements with an
+    allowed token, are answered before FastAPI's error, telemetry and body-limit wrappers and
+    its routing (each lane catches what it expects and passes everything else on). An error
+    a lane does not expect is answered 500 by the server, as those wrappers would have."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return EntitlementLane(WebhookLane(super().build_middleware_stack()))
+
+
 def create_app(services: Services, *, run_worker: bool = True) -> FastAPI:
     """An app over `services`; with `run_worker` the background worker lives with it."""
 
@@ -57,12 +69,8 @@ def create_app(services: Services, *, run_worker: bool = True) -> FastAPI:
             if worker is not None:
                 worker.stop()
 
-    app = FastAPI(title="Store reconciliation", version="0.1.0", lifespan=lifespan)
+    app = _ServiceApp(title="Store reconciliation", version="0.1.0", lifespan=lifespan)
     app.state.services = services
-    # POST /webhooks/apple and /webhooks/google, answered before FastAPI's routing.
-    app.add_middleware(WebhookLane)
-    # GET /v1/accounts/{id}/entitlements with an allowed token, answered before routing.
-    app.add_middleware(EntitlementLane)
     admin = [Depends(require_admin), Depends(storable_input)]
     # The endpoints marked "app" in the contract: the business's backend, or an admin.
     app_token = [Depends(require_app), Depends(storable_input)]
