@@ -23,15 +23,18 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import PoolProxiedConnection
 
 from reconcile.catalog.file import Catalog
 from reconcile.catalog.service import _READ, Grant, _Held, grants_of
 from reconcile.models import UTCDateTime
+
+if TYPE_CHECKING:
+    # Imported where used: a SQLite deployment never loads the driver.
+    import psycopg
 
 # Connections of the read at once: reader threads (each holds one pooled connection for good,
 # so well below the pool's size), or psycopg's asyncio connections of the event loop.
@@ -170,6 +173,8 @@ class _AsyncReaders:
 
     async def fetch(self, sql: str, parameters: dict[str, Any] | tuple[Any, ...]
                     ) -> list[Any]:
+        import psycopg  # loaded already: the engine's dialect is psycopg
+
         async with self._free:
             connection = (self._idle.pop() if self._idle else
                           await psycopg.AsyncConnection.connect(autocommit=True, **self._params))
