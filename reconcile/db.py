@@ -19,6 +19,9 @@ from sqlalchemy.orm.exc import StaleDataError
 MIGRATIONS = Path(__file__).parent / "migrations"
 # PostgreSQL advisory lock key that serialises `migrate` across processes ("reconcil" in ASCII).
 MIGRATION_LOCK = 0x7265636F6E63696C
+# A PostgreSQL server that does not answer at all (a host gone, packets dropped) fails a
+# connection attempt after this many seconds instead of the system's TCP timeout, minutes later.
+CONNECT_TIMEOUT_SECONDS = 10
 
 
 def make_engine(url: str) -> Engine:
@@ -55,9 +58,7 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "commit", _release)
         event.listen(engine, "rollback", _release)
         return engine
-    # A server that does not answer at all (a host gone, packets dropped) fails a connection
-    # attempt after this long instead of the system's TCP timeout, minutes later.
-    connect_args = ({"connect_timeout": 10}
+    connect_args = ({"connect_timeout": CONNECT_TIMEOUT_SECONDS}
                     if url.startswith("postgresql") and "connect_timeout" not in url else {})
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10,
                          connect_args=connect_args)

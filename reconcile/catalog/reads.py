@@ -30,6 +30,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 
 from reconcile.catalog.file import Catalog
 from reconcile.catalog.service import _READ, Grant, _Held, grants_of
+from reconcile.db import CONNECT_TIMEOUT_SECONDS
 from reconcile.models import UTCDateTime
 
 if TYPE_CHECKING:
@@ -200,5 +201,5 @@ def _psycopg_params(engine: Engine) -> dict[str, Any]:
     the same connect timeout as `reconcile.db.make_engine`."""
     args, params = engine.dialect.create_connect_args(engine.url)
     params = {"conninfo": args[0] if args else "", **params}
-    params.setdefault("connect_timeout", 10)
+    params.setdefault("connect_timeout", CONNECT_TIMEOUT_SECONDS)
     return params
