@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from reconcile.models import OutboxEntry, Refund, StoreId, Subscription, SubscriptionEvent
@@ -19,6 +19,14 @@ from reconcile.state import Channel, Observation, Status
 
 # Statuses with which a new purchase token starts (or restarts) a subscription.
 CONTINUING_STATUSES = {Status.PENDING.value, Status.ACTIVE.value, Status.GRACE_PERIOD.value}
+# Built once: every write looks a subscription up by store id, and building the statement
+# (and its cache key) cost more than SQLite's answer.
+_BY_STORE_ID = (
+    select(Subscription)
+    .join(StoreId, StoreId.subscription_id == Subscription.id)
+    .where(StoreId.channel == bindparam("channel"), StoreId.store_id == bindparam("store_id"))
+)
+_BY_STORE_ID_LOCKED = _BY_STORE_ID.with_for_update(of=Subscription)
 
 
 def find_subscription(
@@ -29,14 +37,8 @@ def find_subscription(
     With `lock`, the row is locked for this transaction (PostgreSQL: writers of one
     subscription take turns; the version column catches anything else).
     """
-    query = (
-        select(Subscription)
-        .join(StoreId, StoreId.subscription_id == Subscription.id)
-        .where(StoreId.channel == channel, StoreId.store_id == store_id)
-    )
-    if lock:
-        query = query.with_for_update(of=Subscription)
-    return session.scalars(query).first()
+    query = _BY_STORE_ID_LOCKED if lock else _BY_STORE_ID
+    return session.scalars(query, {"channel": channel, "store_id": store_id}).first()
 
 
 def continued_by_account(session: Session, observation: Observation) -> Subscription | None:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from reconcile.catalog.file import Catalog
@@ -246,18 +246,17 @@ def _jsonable(fields: Mapping[str, object]) -> dict[str, object]:
 # Outbox requests a state change may carry out, while they are still open.
 CONFIRMABLE_KINDS = ("cancel", "change_plan")
 OPEN_STATES = ("pending", "sent", "customer_action_required")
+_OPEN_REQUESTS = select(OutboxEntry).where(
+    OutboxEntry.subscription_id == bindparam("subscription_id"),
+    OutboxEntry.kind.in_(CONFIRMABLE_KINDS),
+    OutboxEntry.state.in_(OPEN_STATES),
+)
 
 
 def confirm_requests(session: Session, row: Subscription, now: datetime) -> None:
     """The requests the store's new state carries out are confirmed: a cancellation once
     renewal is off, a plan change once the store renews (or delivers) its product."""
-    for entry in session.scalars(
-        select(OutboxEntry).where(
-            OutboxEntry.subscription_id == row.id,
-            OutboxEntry.kind.in_(CONFIRMABLE_KINDS),
-            OutboxEntry.state.in_(OPEN_STATES),
-        )
-    ):
+    for entry in session.scalars(_OPEN_REQUESTS, {"subscription_id": row.id}):
         if entry.kind == "cancel":
             done = not row.auto_renew
         else:

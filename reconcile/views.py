@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session
 
 from reconcile.catalog.file import Catalog
@@ -45,31 +45,53 @@ def is_blocked(session: Session, account_id: str | None) -> bool:
     return account is not None and account.blocked_at is not None
 
 
+# The statements every write and read of subscriptions runs, built once (building one and
+# its cache key cost more than SQLite's answer to it).
+_STORE_IDS_OF = (
+    select(StoreId.subscription_id, StoreId.store_id)
+    .where(StoreId.subscription_id.in_(bindparam("ids", expanding=True)))
+    .order_by(StoreId.created_at, StoreId.store_id)
+)
+_CANCELLATIONS_OF = (
+    select(OutboxEntry)
+    .where(OutboxEntry.subscription_id.in_(bindparam("ids", expanding=True)),
+           OutboxEntry.kind == "cancel")
+    .order_by(OutboxEntry.id)
+)
+BLOCKED_OF = select(Account.account_id).where(
+    Account.account_id.in_(bindparam("accounts", expanding=True)),
+    Account.blocked_at.is_not(None),
+)
+_SUBSCRIPTIONS_OF = (
+    select(Subscription).where(Subscription.account_id == bindparam("account_id"))
+    .order_by(Subscription.created_at, Subscription.id)
+)
+_PURCHASES_OF = (
+    select(Purchase).where(Purchase.account_id == bindparam("account_id"))
+    .order_by(Purchase.created_at, Purchase.id)
+)
+
+
+def blocked_among(session: Session, accounts: Iterable[str]) -> set[str]:
+    """Which of `accounts` are blocked."""
+    wanted = list(accounts)
+    if not wanted:
+        return set()
+    return set(session.scalars(BLOCKED_OF, {"accounts": wanted}))
+
+
 def present(session: Session, rows: Sequence[Subscription], now: datetime) -> list[dict[str, Any]]:
     """The contract's Subscription JSON for each row, with store ids and cancellation."""
     ids = [row.id for row in rows]
+    if not ids:
+        return []
     store_ids: dict[str, list[str]] = {i: [] for i in ids}
-    for sub_id, store_id in session.execute(
-        select(StoreId.subscription_id, StoreId.store_id)
-        .where(StoreId.subscription_id.in_(ids))
-        .order_by(StoreId.created_at, StoreId.store_id)
-    ):
+    for sub_id, store_id in session.execute(_STORE_IDS_OF, {"ids": ids}):
         store_ids[sub_id].append(store_id)
     cancellations: dict[str, OutboxEntry] = {}
-    for entry in session.scalars(
-        select(OutboxEntry)
-        .where(OutboxEntry.subscription_id.in_(ids), OutboxEntry.kind == "cancel")
-        .order_by(OutboxEntry.id)
-    ):
+    for entry in session.scalars(_CANCELLATIONS_OF, {"ids": ids}):
         cancellations[entry.subscription_id or ""] = entry
-    accounts = {row.account_id for row in rows if row.account_id}
-    blocked = set(
-        session.scalars(
-            select(Account.account_id).where(
-                Account.account_id.in_(accounts), Account.blocked_at.is_not(None)
-            )
-        )
-    )
+    blocked = blocked_among(session, {row.account_id for row in rows if row.account_id})
     return [
         subscription_json(row, store_ids[row.id], cancellations.get(row.id),
                           row.account_id in blocked, now)
@@ -211,15 +233,12 @@ def account_document(
 ) -> dict[str, Any] | None:
     """An account's entitlements, block, consent, credits, subscriptions and purchases (only
     those of `environment` when given); None when the service knows nothing of it."""
-    subs_query = select(Subscription).where(Subscription.account_id == account_id)
-    purchases_query = select(Purchase).where(Purchase.account_id == account_id)
+    subs_query, purchases_query = _SUBSCRIPTIONS_OF, _PURCHASES_OF
     if environment:
         subs_query = subs_query.where(Subscription.environment == environment)
         purchases_query = purchases_query.where(Purchase.environment == environment)
-    subs = list(session.scalars(subs_query.order_by(Subscription.created_at, Subscription.id)))
-    purchases = list(
-        session.scalars(purchases_query.order_by(Purchase.created_at, Purchase.id))
-    )
+    subs = list(session.scalars(subs_query, {"account_id": account_id}))
+    purchases = list(session.scalars(purchases_query, {"account_id": account_id}))
     row = session.get(Account, account_id)
     if row is None and not subs and not purchases:
         return None

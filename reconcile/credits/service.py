@@ -72,14 +72,17 @@ def entry_json(entry: CreditEntry) -> dict[str, Any]:
     }
 
 
+_TOTALS = (
+    select(_BALANCES.c.balance, _BALANCES.c.granted, _BALANCES.c.used, _BALANCES.c.adjusted,
+           _BALANCES.c.clawed_back)
+    .where(_BALANCES.c.account_id == bindparam("account_id"))
+)
+
+
 def totals(session: Session, account_id: str) -> Totals:
     # Columns, not the entity: `append` moves the row with a Core UPDATE, which an object
     # already loaded in this session would not see.
-    row = session.execute(
-        select(_BALANCES.c.balance, _BALANCES.c.granted, _BALANCES.c.used,
-               _BALANCES.c.adjusted, _BALANCES.c.clawed_back)
-        .where(_BALANCES.c.account_id == account_id)
-    ).first()
+    row = session.execute(_TOTALS, {"account_id": account_id}).first()
     if row is None:
         return Totals(account_id)
     return Totals(account_id, *row)

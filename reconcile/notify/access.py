@@ -15,13 +15,20 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import BindParameter, bindparam, select
 from sqlalchemy.orm import Session
 
 from reconcile.catalog.file import Catalog
 from reconcile.catalog.service import Grant, grants_of
-from reconcile.models import Account, Purchase, Subscription
+from reconcile.models import Purchase, Subscription
 from reconcile.notify.models import EntitlementMark
+from reconcile.views import blocked_among
+
+# Built once: every write that touches an account runs them.
+_ACCOUNTS: BindParameter[list[str]] = bindparam("accounts", expanding=True)
+_SUBSCRIPTIONS = select(Subscription).where(Subscription.account_id.in_(_ACCOUNTS))
+_PURCHASES = select(Purchase).where(Purchase.account_id.in_(_ACCOUNTS))
+_MARKS = select(EntitlementMark).where(EntitlementMark.account_id.in_(_ACCOUNTS))
 
 
 def settle(
@@ -29,20 +36,16 @@ def settle(
 ) -> Iterator[tuple[str, str, dict[str, Any], bool]]:
     """(account, "granted" | "revoked", the Entitlement, previously active) for each flip of
     `active` since the last event, updating the marks; accounts in the order given."""
+    accounts = {"accounts": list(account_ids)}
     subscriptions: dict[str, list[Subscription]] = {a: [] for a in account_ids}
-    for sub in session.scalars(select(Subscription)
-                               .where(Subscription.account_id.in_(account_ids))):
+    for sub in session.scalars(_SUBSCRIPTIONS, accounts):
         subscriptions[sub.account_id or ""].append(sub)
     purchases: dict[str, list[Purchase]] = {a: [] for a in account_ids}
-    for purchase in session.scalars(select(Purchase).where(Purchase.account_id.in_(account_ids))):
+    for purchase in session.scalars(_PURCHASES, accounts):
         purchases[purchase.account_id or ""].append(purchase)
-    blocked = set(session.scalars(
-        select(Account.account_id).where(Account.account_id.in_(account_ids),
-                                          Account.blocked_at.is_not(None))
-    ))
+    blocked = blocked_among(session, account_ids)
     marks: dict[str, dict[str, EntitlementMark]] = {a: {} for a in account_ids}
-    for stored in session.scalars(select(EntitlementMark)
-                                  .where(EntitlementMark.account_id.in_(account_ids))):
+    for stored in session.scalars(_MARKS, accounts):
         marks[stored.account_id][stored.entitlement] = stored
     for account_id in account_ids:
         grants = {grant.entitlement: grant for grant in grants_of(

@@ -22,17 +22,28 @@ from datetime import datetime
 from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import Row, Table, TextClause, bindparam, event, insert, select, text, update
+from sqlalchemy import (
+    BindParameter,
+    Row,
+    Table,
+    TextClause,
+    bindparam,
+    event,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 from reconcile.catalog.file import Catalog
 from reconcile.ids import new_id
-from reconcile.models import Account, Purchase, Subscription
+from reconcile.models import Purchase, Subscription
 from reconcile.notify import access
 from reconcile.notify.changes import View, previous, purchase_changes, subscription_changes
 from reconcile.notify.event_types import KNOWN
 from reconcile.notify.models import Delivery, Event, EventCounter, WebhookEndpoint
-from reconcile.views import iso, present, purchase_json
+from reconcile.views import blocked_among, iso, present, purchase_json
 
 PENDING_KEY = "reconcile.notify.pending"
 CATALOG_KEY = "reconcile.catalog"
@@ -42,6 +53,16 @@ POSITION = "position"
 _EVENTS = cast(Table, Event.__table__)
 _DELIVERIES = cast(Table, Delivery.__table__)
 _COUNTERS = cast(Table, EventCounter.__table__)
+# Built once: every commit that changed something runs some of them.
+_IDS: BindParameter[list[str]] = bindparam("ids", expanding=True)
+_SUBSCRIPTIONS_NOW = (select(Subscription).where(Subscription.id.in_(_IDS))
+                      .execution_options(populate_existing=True))
+_PURCHASES_NOW = (select(Purchase).where(Purchase.id.in_(_IDS))
+                  .execution_options(populate_existing=True))
+_EVER_STARTED = select(Event.subscription_id).where(Event.type == "subscription.started",
+                                                     Event.subscription_id.in_(_IDS))
+_ENDPOINTS = (select(WebhookEndpoint.id, WebhookEndpoint.event_types)
+              .where(WebhookEndpoint.enabled.is_(True)))
 
 
 @dataclass
@@ -180,18 +201,12 @@ def settle(session: Session) -> int:
 def _subscription_events(
     session: Session, befores: Mapping[str, View | None], now: datetime, accounts: set[str]
 ) -> list[dict[str, Any]]:
-    rows = list(session.scalars(
-        select(Subscription).where(Subscription.id.in_(list(befores)))
-        .execution_options(populate_existing=True)
-    ))
+    rows = list(session.scalars(_SUBSCRIPTIONS_NOW, {"ids": list(befores)}))
     afters = {row.id: view for row, view in zip(rows, present(session, rows, now), strict=True)}
     # Only a subscription that becomes entitled may be starting: was it ever entitled before?
     candidates = [i for i, before in befores.items() if i in afters and afters[i]["entitled"]
                   and (before is None or not before["entitled"])]
-    started = set(session.scalars(
-        select(Event.subscription_id).where(Event.type == "subscription.started",
-                                            Event.subscription_id.in_(candidates))
-    )) if candidates else set()
+    started = set(session.scalars(_EVER_STARTED, {"ids": candidates})) if candidates else set()
     events: list[dict[str, Any]] = []
     for subscription_id, before in befores.items():
         after = afters.get(subscription_id)
@@ -213,21 +228,14 @@ def _subscription_events(
 
 
 def _purchase_views(session: Session, rows: Sequence[Purchase]) -> dict[str, View]:
-    accounts = {row.account_id for row in rows if row.account_id}
-    blocked = set(session.scalars(
-        select(Account.account_id).where(Account.account_id.in_(accounts),
-                                          Account.blocked_at.is_not(None))
-    )) if accounts else set()
+    blocked = blocked_among(session, {row.account_id for row in rows if row.account_id})
     return {row.id: purchase_json(row, row.account_id in blocked) for row in rows}
 
 
 def _purchase_events(
     session: Session, befores: Mapping[str, View | None], now: datetime, accounts: set[str]
 ) -> list[dict[str, Any]]:
-    rows = list(session.scalars(
-        select(Purchase).where(Purchase.id.in_(list(befores)))
-        .execution_options(populate_existing=True)
-    ))
+    rows = list(session.scalars(_PURCHASES_NOW, {"ids": list(befores)}))
     afters = _purchase_views(session, rows)
     events: list[dict[str, Any]] = []
     for purchase_id, before in befores.items():
@@ -317,10 +325,7 @@ def _number(session: Session, events: list[dict[str, Any]], held: dict[str, int]
 
 
 def _queue_deliveries(session: Session, events: list[dict[str, Any]], now: datetime) -> None:
-    endpoints = session.execute(
-        select(WebhookEndpoint.id, WebhookEndpoint.event_types)
-        .where(WebhookEndpoint.enabled.is_(True))
-    ).all()
+    endpoints = session.execute(_ENDPOINTS).all()
     rows = [
         {"endpoint_id": endpoint_id, "event_id": row["id"], "event_type": row["type"],
          "account_id": row["account_id"], "position": row["position"], "status": "pending",

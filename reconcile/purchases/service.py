@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from reconcile.catalog.file import Catalog
@@ -25,6 +25,8 @@ from reconcile.state import LINKED, decode_clock
 from reconcile.store_records import NO_CATALOG, link_purchase
 
 SOURCE = "submission"
+_PURCHASE = select(Purchase).where(Purchase.channel == bindparam("channel"),
+                                   Purchase.store_id == bindparam("store_id"))
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,4 @@ def _current_owners(session: Session, verified: Verified) -> Iterator[str]:
 
 
 def _purchase(session: Session, channel: str, store_id: str) -> Purchase | None:
-    return session.scalars(
-        select(Purchase).where(Purchase.channel == channel, Purchase.store_id == store_id)
-    ).first()
+    return session.scalars(_PURCHASE, {"channel": channel, "store_id": store_id}).first()
