@@ -8,7 +8,7 @@ session and never commit.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from sqlalchemy import bindparam, select
@@ -56,6 +56,9 @@ class Applied:
 
     subscription_id: str | None
     changed: bool
+    # The row itself, for a caller that goes on with it (the session holds a clean row only
+    # while something refers to it: looking it up again would read it again).
+    row: Subscription | None = field(default=None, compare=False, repr=False)
 
 
 def ingest(
@@ -94,9 +97,12 @@ def apply_observation(
     source: str,
     now: datetime,
     inbox_id: int | None = None,
+    held: Subscription | None = None,
 ) -> Applied:
+    """`held`: the subscription of `observation.store_id`, already locked by this transaction
+    (saves looking it up again)."""
     channel = observation.channel.value
-    row = find_subscription(session, channel, observation.store_id, lock=True)
+    row = held or find_subscription(session, channel, observation.store_id, lock=True)
     older = [found for linked in observation.linked_store_ids
              if (found := find_subscription(session, channel, linked, lock=True)) is not None]
     # The newest store id decides the state: the one this observation continues, or this one.
@@ -146,6 +152,8 @@ def apply_observation(
     changed = after != before
     if changed:
         write_state(row, after, now)
+    if created:
+        _add_store_ids(session, row, observation, now)
     session.add(
         SubscriptionEvent(
             subscription_id=row.id,
@@ -163,7 +171,7 @@ def apply_observation(
         ensure_account(session, after.account_id, now)
     if changed and not created:  # a subscription new in this call has no requests yet
         confirm_requests(session, row, now)
-    return Applied(row.id, changed)
+    return Applied(row.id, changed, row)
 
 
 def as_applied(before: SubscriptionState, observation: Observation) -> Observation:
@@ -207,13 +215,20 @@ def _new_subscription(session: Session, observation: Observation, now: datetime)
         created_at=now,
         updated_at=now,
     )
-    session.add(row)
+    session.add(row)  # inserted by `_add_store_ids`, with the state written into it by then
+    return row
+
+
+def _add_store_ids(
+    session: Session, row: Subscription, observation: Observation, now: datetime
+) -> None:
+    """A new subscription's row, then its store ids. The flush comes first and on its own: the
+    unit of work orders INSERTs by relationships, which these models do not declare, not by
+    foreign keys."""
     session.flush()
     for store_id in dict.fromkeys((observation.store_id, *observation.linked_store_ids)):
         session.add(StoreId(channel=row.channel, store_id=store_id, subscription_id=row.id,
                             created_at=now))
-    session.flush()
-    return row
 
 
 def to_state(row: Subscription) -> SubscriptionState:
@@ -269,7 +284,8 @@ def confirm_requests(session: Session, row: Subscription, now: datetime) -> None
 def link_account(
     session: Session, row: Subscription, account_id: str, *, now: datetime, source: str
 ) -> Applied:
-    """The business says `row` belongs to `account_id` (a submitted purchase, a transfer).
+    """The business says `row` (locked by this transaction) belongs to `account_id` (a
+    submitted purchase, a transfer).
 
     Applied through the same merge as store facts, with a stamp no store time reaches, so a
     later notification carrying another appAccountToken cannot take the subscription back.
@@ -289,4 +305,4 @@ def link_account(
         fields={"account_id": account_id},
         detail={"from_account_id": previous, "to_account_id": account_id},
     )
-    return apply_observation(session, observation, source=source, now=now)
+    return apply_observation(session, observation, source=source, now=now, held=row)

@@ -60,22 +60,22 @@ def store(
     owners = {owner for owner in _current_owners(session, verified) if owner != account_id}
     if owners and not transfer:
         raise OwnedElsewhere(sorted(owners)[0])
-    subscriptions: dict[str, None] = {}
+    subscriptions: dict[str, Subscription] = {}
     purchases: dict[str, None] = {}
     for outcome in verified.outcomes:
         # With another owner the move is the link's to make (and to record as a transfer).
         claimed = _for_account(outcome, None if owners else account_id)
         applied = ingest(session, claimed, source=SOURCE, now=now, catalog=catalog)
-        if applied.subscription_id:
-            subscriptions[applied.subscription_id] = None
+        if applied.row is not None:
+            subscriptions[applied.row.id] = applied.row
         if outcome.purchase is not None:
             bought = _purchase(session, outcome.purchase.channel.value,
                                outcome.purchase.store_id)
             if bought is not None:
                 purchases[bought.id] = None
-    for subscription_id in subscriptions:
-        row = session.get(Subscription, subscription_id)
-        if row is not None and not _linked_to(row, account_id):
+    for row in subscriptions.values():
+        # Not in the session any more: a later outcome folded it into another subscription.
+        if row in session and not _linked_to(row, account_id):
             link_account(session, row, account_id, now=now, source=SOURCE)
     for purchase_id in purchases:
         purchase = session.get(Purchase, purchase_id)
