@@ -251,14 +251,13 @@ def _event(
 def _create(
     row: _Held, state: SubscriptionState, environment: str, now: datetime
 ) -> dict[str, Any]:
-    """The row `ingest._new_subscription` inserts, with `state` written over it (version 2,
-    as the ORM's insert and then update leave it)."""
+    """The row `ingest` inserts for a new subscription, with `state` written into it."""
     values: dict[str, Any] = {
         "id": row.id, "channel": Channel.APPLE.value, "environment": environment,
         "store_id": row.store_id, "created_at": now, "updated_at": now,
         "clock": encode_clock(state.clock),
         "last_event_at": state.last_event_at,
-        "version": 1 if state == row.state else 2,
+        "version": 1,
     }
     for name in STATE_FIELDS:
         value = getattr(state, name)

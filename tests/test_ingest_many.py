@@ -46,14 +46,16 @@ def _outcomes(prefix: str) -> list[tuple[int, Normalised]]:
     ]
 
 
-def _picture(session: Session, store_id: str) -> tuple[SubscriptionState, list[tuple[Any, ...]]]:
+def _picture(
+    session: Session, store_id: str
+) -> tuple[SubscriptionState, int, list[tuple[Any, ...]]]:
     row = session.scalars(select(Subscription).where(Subscription.store_id == store_id)).one()
     events = session.execute(
         select(SubscriptionEvent.kind, SubscriptionEvent.applied, SubscriptionEvent.inbox_id,
                SubscriptionEvent.store_time, SubscriptionEvent.detail)
         .where(SubscriptionEvent.subscription_id == row.id).order_by(SubscriptionEvent.id)
     ).all()
-    return to_state(row), [tuple(event) for event in events]
+    return to_state(row), row.version, [tuple(event) for event in events]
 
 
 @pytest.fixture
@@ -84,9 +86,10 @@ def test_bulk_path_leaves_what_ingest_leaves(sessions: sessionmaker[Session]) ->
             ingest(session, outcome, source="apple", now=NOW, inbox_id=inbox_id)
     with sessions() as session:
         for name in ("known", "new", "refunded"):
-            bulk_state, bulk_events = _picture(session, f"bulk-{name}")
-            single_state, single_events = _picture(session, f"single-{name}")
+            bulk_state, bulk_version, bulk_events = _picture(session, f"bulk-{name}")
+            single_state, single_version, single_events = _picture(session, f"single-{name}")
             assert bulk_state.status == single_state.status
+            assert bulk_version == single_version
             assert bulk_state == _renamed(single_state)
             assert bulk_events == [_renamed_event(event) for event in single_events]
         accounts = set(session.scalars(select(Account.account_id)))
