@@ -102,7 +102,8 @@ def apply_observation(
     """`held`: the subscription of `observation.store_id`, already locked by this transaction
     (saves looking it up again)."""
     channel = observation.channel.value
-    row = held or find_subscription(session, channel, observation.store_id, lock=True)
+    row = (held if held is not None
+           else find_subscription(session, channel, observation.store_id, lock=True))
     older = [found for linked in observation.linked_store_ids
              if (found := find_subscription(session, channel, linked, lock=True)) is not None]
     # The newest store id decides the state: the one this observation continues, or this one.
