@@ -58,7 +58,7 @@ _CANCELLATIONS_OF = (
            OutboxEntry.kind == "cancel")
     .order_by(OutboxEntry.id)
 )
-BLOCKED_OF = select(Account.account_id).where(
+_BLOCKED_OF = select(Account.account_id).where(
     Account.account_id.in_(bindparam("accounts", expanding=True)),
     Account.blocked_at.is_not(None),
 )
@@ -77,7 +77,7 @@ def blocked_among(session: Session, accounts: Iterable[str]) -> set[str]:
     wanted = list(accounts)
     if not wanted:
         return set()
-    return set(session.scalars(BLOCKED_OF, {"accounts": wanted}))
+    return set(session.scalars(_BLOCKED_OF, {"accounts": wanted}))
 
 
 def present(session: Session, rows: Sequence[Subscription], now: datetime) -> list[dict[str, Any]]:
