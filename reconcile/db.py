@@ -22,6 +22,13 @@ MIGRATION_LOCK = 0x7265636F6E63696C
 # A PostgreSQL server that does not answer at all (a host gone, packets dropped) fails a
 # connection attempt after this many seconds instead of the system's TCP timeout, minutes later.
 CONNECT_TIMEOUT_SECONDS = 10
+# Each SQLite connection's private page cache, in KiB (SQLite's default is 2 MiB). In WAL mode a
+# connection drops its cache whenever another connection has committed since its last
+# transaction, which in a service with several pooled connections is nearly always, so the
+# cache serves one transaction at most; the operating system caches the file. A scan of a large
+# table (a reconciliation's urgent pages, its count) filled the default on every connection,
+# and a reconciling process at 1,000,000 subscriptions held 2 to 4 MiB more than at 10,000.
+SQLITE_CACHE_KIB = 512
 
 
 def make_engine(url: str) -> Engine:
@@ -90,7 +97,7 @@ def _set_up_sqlite(dbapi_connection: Any, *pragmas: str) -> None:
     # then collide; the engines' `begin` hooks issue BEGIN (IMMEDIATE for the writer) instead.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
-    for pragma in ("busy_timeout=30000", *pragmas):
+    for pragma in ("busy_timeout=30000", f"cache_size=-{SQLITE_CACHE_KIB}", *pragmas):
         cursor.execute(f"PRAGMA {pragma}")
     cursor.close()
 

@@ -118,6 +118,7 @@ def build_services(
     catalog = load_catalog(settings.catalog_file) if settings.catalog_file else Catalog()
     engine = make_engine(settings.database_url)
     sessions = make_sessionmaker(engine)
+    reader = make_read_engine(settings.database_url, engine)
     database = DatabaseWatch()
     metrics = Metrics(sessions, clock, settings.google_ack_watchdog_hours, catalog,
                       database=database)
@@ -126,12 +127,12 @@ def build_services(
     reconciler = Reconciler(
         sessions, truth, owner=owner, concurrency=settings.reconcile_concurrency,
         page_size=settings.reconcile_page_size,
-        checks=[LedgerCheck(sessions, catalog)],
+        checks=[LedgerCheck(sessions, catalog)], reads=make_sessionmaker(reader),
     )
     services = Services(
         settings=settings, engine=engine, sessions=sessions, clock=clock, metrics=metrics,
         apple=build_apple_verifier(settings), reconciler=reconciler, truth=truth,
-        catalog=catalog, reader=make_read_engine(settings.database_url, engine),
+        catalog=catalog, reader=reader,
         apple_api=AppStoreApi.from_settings(settings, sleep=sleep,
                                             limiter=apple_call_budget(settings, sessions)),
         google_push=build_push_authenticator(settings),

@@ -63,8 +63,12 @@ class Reconciler:
         page_size: int = 200,
         lease: timedelta = RUN_LEASE,
         checks: Sequence[Sweep] = (),
+        reads: sessionmaker[Session] | None = None,
     ) -> None:
         self.sessions = sessions
+        # Pages are read outside the write transactions that settle them: on SQLite by a WAL
+        # reader, which takes no write lock and whose page cache a scan may fill on its own.
+        self.reads = reads or sessions
         self.sources = sources
         # Checks of our own records that need no store (the credits ledger), run last.
         self.checks = list(checks)
@@ -112,9 +116,7 @@ class Reconciler:
         sweeps = [s.name for c in channels for s in self.sources[c].sweeps()]
         phases = [*sweeps, *SUBSCRIPTION_PHASES] if channels else []
         phases += [check.name for check in self.checks]
-        total = session.scalar(
-            select(func.count()).select_from(Subscription).where(self._selected(channels, filters))
-        ) if channels else 0
+        total = self._count(channels, filters) if channels else 0
         run = ReconciliationRun(
             id=new_id("rec"), status="running", dry_run=dry_run, filters=filters.to_json(),
             checked=0, started_at=now,
@@ -126,6 +128,14 @@ class Reconciler:
         session.add(run)
         session.flush()
         return run
+
+    def _count(self, channels: list[str], filters: Filters) -> int:
+        """How many subscriptions a run covers (its progress's denominator), counted like the
+        pages are read: by a reader, whose bounded page cache a count of millions fills."""
+        with self.reads() as session:
+            total = session.scalar(select(func.count()).select_from(Subscription)
+                                   .where(self._selected(channels, filters)))
+        return total or 0
 
     def claim(self, now: datetime, run_id: str | None = None) -> str | None:
         """Take the lease of a running run nobody (else) holds; its id, or None."""
@@ -236,7 +246,7 @@ class Reconciler:
         )
         if after is not None:
             query = query.where(Subscription.id > after)
-        with self.sessions() as session:
+        with self.reads() as session:
             rows = list(session.scalars(query))
             session.expunge_all()
         return rows
