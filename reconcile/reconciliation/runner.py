@@ -130,8 +130,8 @@ class Reconciler:
         return run
 
     def _count(self, channels: list[str], filters: Filters) -> int:
-        """How many subscriptions a run covers (its progress's denominator), counted like the
-        pages are read: by a reader, whose bounded page cache a count of millions fills."""
+        """How many subscriptions a run covers (its progress's denominator), read like its
+        pages: a count walks the whole index, which belongs outside the write lock."""
         with self.reads() as session:
             total = session.scalar(select(func.count()).select_from(Subscription)
                                    .where(self._selected(channels, filters)))
