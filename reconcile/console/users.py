@@ -5,6 +5,7 @@ Passwords are kept only as argon2 hashes. Functions take the caller's session an
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,8 +25,15 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 MIN_PASSWORD = 10
 
 _hasher = PasswordHasher()
-# Verified against when the name is unknown, so an unknown name costs as long as a wrong password.
-_DUMMY_HASH = _hasher.hash("not a password of anyone")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the name is unknown, so an unknown name costs as long as a wrong
+    password. Made at the first such sign-in, not at import: an argon2 hash takes its memory
+    cost (64 MiB) and tens of milliseconds, which every command that imports the app (and
+    every `serve --workers` child) would otherwise pay, as its peak memory, at start."""
+    return _hasher.hash("not a password of anyone")
 
 
 class UnknownUser(NotFound):
@@ -88,7 +96,7 @@ def check_password(session: Session, name: str, password: str) -> ConsoleUser | 
     """The user when the password is theirs, else None (in about the same time either way)."""
     user = session.get(ConsoleUser, name)
     try:
-        _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
+        _hasher.verify(user.password_hash if user else _dummy_hash(), password)
     except (VerificationError, InvalidHashError):
         return None
     if user is None:

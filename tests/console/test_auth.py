@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 
 import httpx
@@ -83,6 +85,26 @@ def test_wrong_password_and_unknown_user_are_refused_alike(
     assert wrong.status_code == unknown.status_code == 401
     assert "Wrong username or password." in wrong.text
     assert "Wrong username or password." in unknown.text
+
+
+def test_an_unknown_name_is_checked_against_a_hash_made_at_first_use_not_at_import() -> None:
+    """An unknown name still costs an argon2 verification (against a dummy hash), but the
+    dummy is hashed at the first such sign-in: importing the app (every command, every
+    `serve --workers` child) does not pay argon2's 64 MiB and its milliseconds."""
+    script = ("import reconcile.app\n"
+              "from reconcile.console import users\n"
+              "assert users._dummy_hash.cache_info().currsize == 0, 'hashed at import'\n"
+              "from sqlalchemy import create_engine\n"
+              "from sqlalchemy.orm import Session\n"
+              "from reconcile.console.models import ConsoleUser\n"
+              "engine = create_engine('sqlite://')\n"
+              "ConsoleUser.__table__.create(engine)\n"
+              "with Session(engine) as session:\n"
+              "    assert users.check_password(session, 'mallory', 'a password') is None\n"
+              "assert users._dummy_hash.cache_info().currsize == 1, 'no verification'\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
 
 
 def test_repeated_failures_are_slowed_down(app: RunningApp, clock: FakeClock,
