@@ -34,6 +34,7 @@ from reconcile.db import make_engine, migrate, transaction
 from reconcile.models import Discrepancy, ReconciliationRun, StoreId, Subscription
 from reconcile.reconciliation.sources import Filters
 from reconcile.services import build_services
+from reconcile.serving import settle_memory
 from reconcile.worker import utcnow
 from tests.fakes.appstore import (
     FakeAppStore,
@@ -153,6 +154,7 @@ def seed(database_url: str, count: int, base_ms: int) -> None:
 def measure(settings: dict[str, Any], pipe: Connection) -> None:
     """Child process: one full reconciliation; throughput and this process's peak memory."""
     services = build_services(Settings(_env_file=None, **settings))
+    settle_memory()  # as `reconcile run` and `serve` do once started
     start_usage = resource.getrusage(resource.RUSAGE_SELF)
     before = start_usage.ru_maxrss
     with transaction(services.sessions) as session:
