@@ -10,14 +10,27 @@ subscriptions differs at the store (renewal turned off), so repairs are part of 
 
     python -m bench.reconcile                       # 10,000 and 100,000, concurrency 8
     python -m bench.reconcile --sizes 2000 --concurrency 16 --rate 300
+    python -m bench.reconcile --sizes 10000 1000000 --trace 10 --stop-after 120
+
+`--trace S` prints the reconciling process's memory every S seconds: resident and peak (the
+kernel's VmRSS / VmHWM), the C heap in use and free inside its arenas (glibc's mallinfo2),
+SQLite's own allocations, and Python's small-object arenas. `--stop-after S` ends each run
+after about S seconds (at a page boundary): enough to compare the start of a large run with a
+whole small one without waiting for the large one to finish.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
+import io
 import multiprocessing as mp
+import os
 import resource
+import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection
@@ -33,7 +46,7 @@ from reconcile.config import Settings
 from reconcile.db import make_engine, migrate, transaction
 from reconcile.models import Discrepancy, ReconciliationRun, StoreId, Subscription
 from reconcile.reconciliation.sources import Filters
-from reconcile.services import build_services
+from reconcile.services import Services, build_services
 from reconcile.serving import settle_memory
 from reconcile.worker import utcnow
 from tests.fakes.appstore import (
@@ -151,7 +164,7 @@ def seed(database_url: str, count: int, base_ms: int) -> None:
     engine.dispose()
 
 
-def measure(settings: dict[str, Any], pipe: Connection) -> None:
+def measure(settings: dict[str, Any], trace: float, stop_after: float, pipe: Connection) -> None:
     """Child process: one full reconciliation; throughput and this process's peak memory."""
     services = build_services(Settings(_env_file=None, **settings))
     settle_memory()  # as `reconcile run` and `serve` do once started
@@ -161,7 +174,13 @@ def measure(settings: dict[str, Any], pipe: Connection) -> None:
         run_id = services.reconciler.start(session, Filters(), dry_run=False, now=utcnow(),
                                            claim=True).id
     started = time.perf_counter()
-    services.reconciler.advance(run_id, utcnow)
+    if trace:
+        threading.Thread(target=trace_memory, args=(trace, started), daemon=True).start()
+    if stop_after:
+        while time.perf_counter() - started < stop_after and _running(services, run_id):
+            services.reconciler.advance(run_id, utcnow, max_pages=25)
+    else:
+        services.reconciler.advance(run_id, utcnow)
     elapsed = time.perf_counter() - started
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu = usage.ru_utime + usage.ru_stime - start_usage.ru_utime - start_usage.ru_stime
@@ -176,6 +195,64 @@ def measure(settings: dict[str, Any], pipe: Connection) -> None:
                   "rss_peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
     services.close()
     pipe.send(result)
+
+
+def _running(services: Services, run_id: str) -> bool:
+    with services.sessions() as session:
+        run = session.get(ReconciliationRun, run_id)
+        return run is not None and run.status == "running"
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def trace_memory(every: float, started: float) -> None:
+    """Print this process's memory every `every` seconds (a daemon thread of `measure`)."""
+    import _sqlite3
+
+    sqlite = ctypes.CDLL(_sqlite3.__file__)  # resolves to the SQLite it is linked with
+    sqlite.sqlite3_memory_used.restype = ctypes.c_int64
+    libc_name = ctypes.util.find_library("c")
+    mallinfo2 = getattr(ctypes.CDLL(libc_name), "mallinfo2", None) if libc_name else None
+    if mallinfo2 is not None:
+        mallinfo2.restype = _MallInfo2
+    mib = 1 / 1024 / 1024
+    while True:
+        time.sleep(every)
+        lines = Path("/proc/self/status").read_text().splitlines()
+        status = dict(line.split(":", 1) for line in lines)
+        fields = [f"t={time.perf_counter() - started:6.0f} s",
+                  f"rss {int(status['VmRSS'].split()[0]) / 1024:.1f}",
+                  f"peak {int(status['VmHWM'].split()[0]) / 1024:.1f} MiB"]
+        if mallinfo2 is not None:
+            heap = mallinfo2()
+            fields.append(f"C heap in use {heap.uordblks * mib:.2f}, "
+                          f"free {heap.fordblks * mib:.2f}")
+        fields.append(f"SQLite {sqlite.sqlite3_memory_used() * mib:.2f}")
+        fields.append(f"Python arenas {_python_arenas()}")
+        print("    " + ", ".join(fields), flush=True)
+
+
+def _python_arenas() -> str:
+    """pymalloc's arenas in use now (from `sys._debugmallocstats`, which writes to fd 2)."""
+    with tempfile.TemporaryFile() as out:
+        saved = os.dup(2)
+        sys.stderr.flush()
+        os.dup2(out.fileno(), 2)
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        out.seek(0)
+        text = io.TextIOWrapper(out).read()
+    for line in text.splitlines():
+        if "arenas allocated current" in line:
+            return line.split("=")[1].strip()
+    return "?"
 
 
 def run_child(target: Any, *args: Any) -> Any:
@@ -219,7 +296,7 @@ def bench_size(count: int, args: argparse.Namespace, workdir: Path, ca: AppleTes
         "apple_calls_per_second": args.rate, "reconcile_concurrency": args.concurrency,
         "reconcile_page_size": args.page_size,
     }
-    result = run_child(measure, settings)
+    result = run_child(measure, settings, args.trace, args.stop_after)
     parent.send("stop")
     calls, fake_cpu = parent.recv()
     fake.join(5)
@@ -242,6 +319,10 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.020)
     parser.add_argument("--rate", type=float, default=1000.0, help="store calls per second")
     parser.add_argument("--page-size", type=int, default=200)
+    parser.add_argument("--trace", type=float, default=0.0, metavar="SECONDS",
+                        help="print the reconciling process's memory this often")
+    parser.add_argument("--stop-after", type=float, default=0.0, metavar="SECONDS",
+                        help="end each run after about this long (0: run to the end)")
     args = parser.parse_args()
     ca = AppleTestCA.create()
     with tempfile.TemporaryDirectory() as tmp:
