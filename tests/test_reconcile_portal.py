@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
+from reconcile import heap
 from reconcile.config import Settings
 from reconcile.db import transaction
 from reconcile.reconciliation.sources import Filters
@@ -187,3 +188,26 @@ def test_pages_leave_no_garbage_for_the_cycle_collector(
                             expires_at=f"2026-12-{n + 2:02}T12:00:00Z")
     many = garbage_of_a_run()
     assert len(many) - len(few) < 8, Counter(many) - Counter(few)  # 8 more pages than `few`
+
+
+def test_every_settled_page_gives_the_heap_s_free_pages_back(
+    paged_app: RunningApp, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After each page a run trims the C heap (glibc's `malloc_trim`, the outermost edge,
+    counted here): a page's buffers are freed among live chunks, which glibc otherwise keeps
+    resident, so a run's memory crept with its length. Six subscriptions none of them due
+    soon, in pages of two: three pages, three trims."""
+    trims: list[int] = []
+
+    def malloc_trim(pad: int) -> int:
+        trims.append(pad)
+        return 1
+
+    monkeypatch.setattr(heap, "_TRIM", malloc_trim)
+    for n in range(6):
+        portal_subscription(paged_app, clock, account_id=f"acct-{n}",
+                            expires_at=f"2027-02-{n + 2:02}T12:00:00Z")
+    report = run_portal(paged_app, clock, dry_run=True)
+    assert report["status"] == "done"
+    assert report["checked"] == 6
+    assert trims == [0, 0, 0]

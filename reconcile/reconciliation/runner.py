@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from reconcile.db import transaction
 from reconcile.errors import StoreNotConfigured
+from reconcile.heap import release_free_memory
 from reconcile.ids import new_id
 from reconcile.ingest import to_state
 from reconcile.models import Discrepancy, ReconciliationRun, StoreId, Subscription
@@ -224,6 +225,9 @@ class Reconciler:
                     for future in waiting:
                         future.cancel()
                 return handled, pages
+            # A page's buffers (store answers, SQLite pages) are freed among live chunks,
+            # which glibc keeps resident: without this a run's memory crept with its length.
+            release_free_memory()
             handled += len(rows)
             pages += 1
             if progress is not None:
