@@ -14,7 +14,7 @@ from sqlalchemy import event
 from reconcile import heap
 from reconcile.config import Settings
 from reconcile.db import transaction
-from reconcile.reconciliation.sources import Filters
+from reconcile.reconciliation.sources import Fetched, Filters
 from reconcile.services import build_services
 from tests.conftest import ADMIN_TOKEN
 from tests.fakes.appstore import FakeAppStore
@@ -211,3 +211,29 @@ def test_every_settled_page_gives_the_heap_s_free_pages_back(
     assert report["status"] == "done"
     assert report["checked"] == 6
     assert trims == [0, 0, 0]
+
+
+def test_a_settled_page_is_let_go_before_the_next_is_read(
+    paged_app: RunningApp, clock: FakeClock
+) -> None:
+    """A run holds two pages of store answers (the one being settled, the one being fetched),
+    not three: when a page is read, only the queued page's answers are alive. Ten
+    subscriptions in pages of two; each page read counts the live `Fetched`."""
+    for n in range(10):
+        portal_subscription(paged_app, clock, account_id=f"acct-{n}",
+                            expires_at=f"2027-02-{n + 2:02}T12:00:00Z")
+    live: list[int] = []
+    engine = paged_app.services.reader or paged_app.services.engine
+
+    def count_answers(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "ORDER BY subscriptions.id" in statement and "LIMIT" in statement:
+            live.append(sum(isinstance(o, Fetched) for o in gc.get_objects()))
+
+    event.listen(engine, "before_cursor_execute", count_answers)
+    try:
+        report = run_portal(paged_app, clock, dry_run=True)
+    finally:
+        event.remove(engine, "before_cursor_execute", count_answers)
+    assert report["checked"] == 10
+    assert len(live) >= 5, live  # every page read was seen
+    assert max(live) <= 2, live

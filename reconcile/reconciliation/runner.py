@@ -225,11 +225,13 @@ class Reconciler:
                     for future in waiting:
                         future.cancel()
                 return handled, pages
-            # A page's buffers (store answers, SQLite pages) are freed among live chunks,
-            # which glibc keeps resident: without this a run's memory crept with its length.
-            release_free_memory()
             handled += len(rows)
             pages += 1
+            # Dropped before the next page is read, so that two pages are held, not three;
+            # their buffers (store answers, SQLite pages) are freed among live chunks, which
+            # glibc keeps resident: without trimming a run's memory crept with its length.
+            del rows, futures, results
+            release_free_memory()
             if progress is not None:
                 progress(checked, run.checkpoint.get("total", 0))
 
