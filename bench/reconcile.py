@@ -307,6 +307,7 @@ def bench_size(count: int, args: argparse.Namespace, workdir: Path, ca: AppleTes
           f"{args.latency:g} s, {args.rate:g}/s) = {bound:.0f}/s -> {100 * rate / bound:.0f}%; "
           f"{result['discrepancies']} discrepancies repaired, {result['errors']} errors, "
           f"{calls} store calls; peak RSS {result['rss_peak_kib'] / 1024:.1f} MiB "
+          f"= {result['rss_peak_kib']:,} KiB "
           f"(after start-up {result['rss_before_kib'] / 1024:.0f} MiB); CPU per check: "
           f"service {1000 * result['cpu'] / calls:.2f} ms, fake {1000 * fake_cpu / calls:.2f} ms",
           flush=True)

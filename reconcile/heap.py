@@ -32,6 +32,7 @@ _TRIM = _malloc_trim()
 
 
 def release_free_memory() -> bool:
-    """Return the C heap's free pages to the system (False where the C library cannot). A few
-    milliseconds at most; ctypes lets other threads run meanwhile."""
+    """Return the C heap's free pages to the system: True when some were returned (never where
+    the C library cannot). A few milliseconds at most; other threads run meanwhile (ctypes
+    releases the interpreter lock for the call)."""
     return _TRIM is not None and _TRIM(0) == 1
