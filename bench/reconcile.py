@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import ctypes.util
-import io
 import multiprocessing as mp
 import os
 import resource
@@ -44,6 +42,7 @@ from sqlalchemy import func, insert, select
 
 from reconcile.config import Settings
 from reconcile.db import make_engine, migrate, transaction
+from reconcile.heap import C_LIBRARY
 from reconcile.models import Discrepancy, ReconciliationRun, StoreId, Subscription
 from reconcile.reconciliation.sources import Filters
 from reconcile.services import Services, build_services
@@ -215,8 +214,7 @@ def trace_memory(every: float, started: float) -> None:
 
     sqlite = ctypes.CDLL(_sqlite3.__file__)  # resolves to the SQLite it is linked with
     sqlite.sqlite3_memory_used.restype = ctypes.c_int64
-    libc_name = ctypes.util.find_library("c")
-    mallinfo2 = getattr(ctypes.CDLL(libc_name), "mallinfo2", None) if libc_name else None
+    mallinfo2 = getattr(C_LIBRARY, "mallinfo2", None)  # glibc only
     if mallinfo2 is not None:
         mallinfo2.restype = _MallInfo2
     mib = 1 / 1024 / 1024
@@ -248,7 +246,7 @@ def _python_arenas() -> str:
             os.dup2(saved, 2)
             os.close(saved)
         out.seek(0)
-        text = io.TextIOWrapper(out).read()
+        text = out.read().decode()
     for line in text.splitlines():
         if "arenas allocated current" in line:
             return line.split("=")[1].strip()

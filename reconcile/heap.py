@@ -13,13 +13,21 @@ import ctypes
 from collections.abc import Callable
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's `malloc_trim`, or None where the C library has none (musl, macOS)."""
+def _c_library() -> ctypes.CDLL | None:
     try:
-        libc = ctypes.CDLL(None)  # the symbols the process already has: its C library's
+        return ctypes.CDLL(None)  # the symbols the process already has: its C library's
     except OSError:
         return None
-    trim = getattr(libc, "malloc_trim", None)
+
+
+# The process's own C library, for what Python does not expose (also `bench.reconcile`'s
+# memory trace); None where it cannot be opened.
+C_LIBRARY = _c_library()
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's `malloc_trim`, or None where the C library has none (musl, macOS)."""
+    trim = getattr(C_LIBRARY, "malloc_trim", None)
     if trim is None:
         return None
     trim.argtypes = [ctypes.c_size_t]
